@@ -1,0 +1,9 @@
+"""sb3-trpo: Trust Region Policy Optimization for Stable-Baselines3."""
+
+from pathlib import Path
+
+from sb3_trpo.trpo import TRPO
+
+__version__ = (Path(__file__).parent / "version.txt").read_text(encoding="utf-8").strip()
+
+__all__ = ["TRPO", "__version__"]

@@ -1,0 +1,1 @@
+"""Pure tensor functions behind TRPO's update; they know nothing of Stable-Baselines3's classes."""
