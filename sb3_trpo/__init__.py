@@ -3,7 +3,8 @@
 from pathlib import Path
 
 from sb3_trpo.trpo import TRPO
+from sb3_trpo.trpo_penalty import TRPOPenalty
 
 __version__ = (Path(__file__).parent / "version.txt").read_text(encoding="utf-8").strip()
 
-__all__ = ["TRPO", "__version__"]
+__all__ = ["TRPO", "TRPOPenalty", "__version__"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -89,6 +90,9 @@ class PolicyUpdateStats:
     cg_residual: float = math.nan
     step_size: float = 0.0
     skipped: bool = False
+
+    def kl(self, constraint: str) -> float:
+        return self.kl_max if constraint == "max" else self.kl_mean
 
 
 def surrogate_objective(log_prob: th.Tensor, behaviour_log_prob: th.Tensor, advantages: th.Tensor) -> th.Tensor:
@@ -360,7 +364,11 @@ class TRPO(OnPolicyAlgorithm):
         gradient = flat_concat([grad for grad in grads if grad is not None])
 
         kl = batch_mean(kl_per_state(old_distribution, distribution))
-        fisher_vector_product = autograd_fisher_vector_product(kl, actor_params)
+        # Built on first use: the second-order graph costs a backward pass that first-order steps never need.
+        build_fisher_vector_product = functools.cache(lambda: autograd_fisher_vector_product(kl, actor_params))
+
+        def fisher_vector_product(vector: th.Tensor) -> th.Tensor:
+            return build_fisher_vector_product()(vector)
 
         def evaluate() -> PolicyEvaluation:
             with th.no_grad():
@@ -376,7 +384,7 @@ class TRPO(OnPolicyAlgorithm):
         return PolicyEvaluation(objective.item(), batch_mean(kl).item(), kl.max().item())
 
     def _policy_step(self, batch: PolicyBatch) -> tuple[PolicyUpdateStats, list[th.nn.Parameter]]:
-        """The paper's step: CG direction, scaled to the trust-region boundary, then the line search."""
+        """The natural-gradient step: CG direction ``x``, scaled by :meth:`_step_length`, then the line search."""
         problem = self._natural_gradient_problem(batch)
         if not th.isfinite(batch.advantages).all():
             return self._skip_policy_update("advantages", problem), problem.actor_params
@@ -393,10 +401,9 @@ class TRPO(OnPolicyAlgorithm):
         if not th.isfinite(direction).all():
             return self._skip_policy_update("conjugate-gradient direction", problem), problem.actor_params
         curvature = th.dot(direction, problem.fisher_vector_product(direction)).item()
-        step_scale = trust_region_step_scale(curvature, self.target_kl)
-        if not math.isfinite(step_scale):
+        if not (math.isfinite(curvature) and curvature > 0.0):
             return self._skip_policy_update(f"curvature (xᵀFx = {curvature:.3g})", problem), problem.actor_params
-        full_step = step_scale * direction
+        full_step = self._step_length(curvature) * direction
 
         result = backtracking_line_search(
             problem.actor_params,
@@ -409,6 +416,10 @@ class TRPO(OnPolicyAlgorithm):
         stats = self._step_stats(problem, result, full_step)
         stats.cg_iterations, stats.cg_residual = cg.iterations, cg.residual_norm
         return stats, problem.actor_params
+
+    def _step_length(self, curvature: float) -> float:
+        """TRPO's step length: ``sqrt(2δ / xᵀFx)``, the boundary of the quadratic trust region."""
+        return trust_region_step_scale(curvature, self.target_kl)
 
     def _is_acceptable(self, candidate: PolicyEvaluation, before: PolicyEvaluation) -> bool:
         """TRPO's acceptance test: the surrogate improves and the KL stays inside the trust region."""
