@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     elapsed = time.perf_counter() - start
 
     eval_env = make_vec_env(args.env, n_envs=1, seed=args.seed + 1000)
-    mean_return, std_return = evaluate_policy(model, eval_env, n_eval_episodes=20, deterministic=True)
+    episode_returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=20, deterministic=True, return_episode_rewards=True)
+    mean_return, std_return = float(np.mean(episode_returns)), float(np.std(episode_returns))
 
     model_path = args.output / f"trpo_{args.env}"
     model.save(model_path)
@@ -107,8 +108,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "timesteps": timesteps,
         "seed": args.seed,
         "train_seconds": round(elapsed, 1),
-        "eval_mean_return": float(mean_return),
-        "eval_std_return": float(std_return),
+        "eval_mean_return": mean_return,
+        "eval_std_return": std_return,
         "model": str(model_path) + ".zip",
         "learning_curve": str(plot_path),
     }
