@@ -14,7 +14,7 @@ extras = {
         "mypy>=1.10",
         "types-PyYAML",
     ],
-    "docs": ["sphinx>=7", "sphinx-rtd-theme>=2", "sphinx-autodoc-typehints>=2", "sphinx-copybutton"],
+    "docs": ["sphinx>=7", "sphinx-rtd-theme>=2", "sphinx-autodoc-typehints>=2", "sphinx-copybutton", "myst-parser>=2"],
     "zoo": ["rl_zoo3>=2.3", "optuna>=3"],
     "extra": ["matplotlib>=3.7", "tensorboard>=2.9", "tqdm", "rich", "gymnasium[mujoco]>=1.0"],
 }

@@ -387,9 +387,9 @@ class TRPO(OnPolicyAlgorithm):
         """The natural-gradient step: CG direction ``x``, scaled by :meth:`_step_length`, then the line search."""
         problem = self._natural_gradient_problem(batch)
         if not th.isfinite(batch.advantages).all():
-            return self._skip_policy_update("advantages", problem), problem.actor_params
+            return self._skip_policy_update("non-finite advantages", problem), problem.actor_params
         if not th.isfinite(problem.gradient).all():
-            return self._skip_policy_update("policy gradient", problem), problem.actor_params
+            return self._skip_policy_update("non-finite policy gradient", problem), problem.actor_params
 
         cg = conjugate_gradient(
             lambda v: problem.fisher_vector_product(v) + self.cg_damping * v,
@@ -397,12 +397,15 @@ class TRPO(OnPolicyAlgorithm):
             max_steps=self.cg_max_steps,
             residual_tol=self.cg_residual_tol,
         )
+        if cg.iterations == 0:  # ‖g‖² is already below the CG tolerance: there is no ascent direction
+            return PolicyUpdateStats(objective=problem.before.objective, cg_residual=cg.residual_norm), problem.actor_params
         direction = cg.solution
         if not th.isfinite(direction).all():
-            return self._skip_policy_update("conjugate-gradient direction", problem), problem.actor_params
+            return self._skip_policy_update("non-finite conjugate-gradient direction", problem), problem.actor_params
         curvature = th.dot(direction, problem.fisher_vector_product(direction)).item()
         if not (math.isfinite(curvature) and curvature > 0.0):
-            return self._skip_policy_update(f"curvature (xᵀFx = {curvature:.3g})", problem), problem.actor_params
+            reason = f"non-positive or non-finite curvature xᵀFx = {curvature:.3g}"
+            return self._skip_policy_update(reason, problem), problem.actor_params
         full_step = self._step_length(curvature) * direction
 
         result = backtracking_line_search(
@@ -448,11 +451,11 @@ class TRPO(OnPolicyAlgorithm):
             stats.step_size = th.linalg.vector_norm(step).item()
         return stats
 
-    def _skip_policy_update(self, what: str, problem: NaturalGradientProblem) -> PolicyUpdateStats:
+    def _skip_policy_update(self, reason: str, problem: NaturalGradientProblem) -> PolicyUpdateStats:
         """Leave the actor untouched, warn, and count the skipped update."""
         self.n_skipped_policy_updates += 1
         warnings.warn(
-            f"{type(self).__name__}: policy update {self._n_updates} skipped, non-finite {what}; "
+            f"{type(self).__name__}: policy update {self._n_updates} skipped ({reason}); "
             f"the parameters are unchanged ({self.n_skipped_policy_updates} skipped so far).",
             RuntimeWarning,
             stacklevel=3,

@@ -202,7 +202,7 @@ class TRPOPenalty(TRPO):
         """``n_epochs`` of minibatch Adam on ``−(L − β · KL̄)``, the KL measured against ``π_θold``."""
         problem = self._natural_gradient_problem(batch)
         if not th.isfinite(batch.advantages).all():
-            return self._skip_policy_update("advantages", problem), problem.actor_params
+            return self._skip_policy_update("non-finite advantages", problem), problem.actor_params
         n_samples = batch.actions.shape[0]
         minibatches = [
             permutation[start : start + self.policy_batch_size]
@@ -225,7 +225,7 @@ class TRPOPenalty(TRPO):
             if not (th.isfinite(loss) and all(th.isfinite(grad).all() for grad in gradients)):
                 self.policy_adam.zero_grad()
                 restore_params(problem.actor_params, saved)
-                return self._skip_policy_update("penalised loss or gradient", problem), problem.actor_params
+                return self._skip_policy_update("non-finite penalised loss or gradient", problem), problem.actor_params
             self.policy_adam.step()
         self.policy_adam.zero_grad()
 
