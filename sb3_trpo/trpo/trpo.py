@@ -20,6 +20,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import explained_variance
 
+from sb3_trpo.common.analytic_fisher import analytic_fisher_vector_product, supports_analytic_fisher
 from sb3_trpo.common.fisher import autograd_fisher_vector_product, kl_per_state
 from sb3_trpo.common.natural_gradient import (
     LineSearchResult,
@@ -37,6 +38,7 @@ SelfTRPO = TypeVar("SelfTRPO", bound="TRPO")
 
 SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 KL_CONSTRAINTS = ("mean", "max")
+FISHER_METHODS = ("auto", "analytic", "autograd")
 
 
 @dataclass
@@ -158,6 +160,11 @@ class TRPO(OnPolicyAlgorithm):
         theory, enforced by the line search; the step is still scaled with the mean-KL Fisher)
     :param cg_residual_tol: Stop conjugate gradient once the squared residual norm is at most
         this, ``>= 0``
+    :param fisher_method: How Fisher-vector products are computed: ``"analytic"``, the closed form
+        ``F v = Jᵀ M J v`` for SB3's Gaussian (also gSDE), categorical, multi-categorical and
+        Bernoulli distributions; ``"autograd"``, Pearlmutter's double backward through the KL,
+        for any distribution; or ``"auto"`` (default), analytic where the distribution has a
+        closed form and autograd otherwise. Both give the same products (to float64 precision).
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -196,6 +203,7 @@ class TRPO(OnPolicyAlgorithm):
         _init_setup_model: bool = True,
         kl_constraint: str = "mean",
         cg_residual_tol: float = 1e-10,
+        fisher_method: str = "auto",
     ):
         self._check_hyperparameters(
             n_steps=n_steps,
@@ -211,6 +219,7 @@ class TRPO(OnPolicyAlgorithm):
             sub_sampling_factor=sub_sampling_factor,
             kl_constraint=kl_constraint,
             cg_residual_tol=cg_residual_tol,
+            fisher_method=fisher_method,
         )
         super().__init__(
             policy,
@@ -247,6 +256,7 @@ class TRPO(OnPolicyAlgorithm):
         self.line_search_max_iter = line_search_max_iter
         self.target_kl = target_kl
         self.kl_constraint = kl_constraint
+        self.fisher_method = fisher_method
         self.n_critic_updates = n_critic_updates
         self.sub_sampling_factor = sub_sampling_factor
         # Counters of updates skipped because of non-finite numbers; saved with the model.
@@ -293,6 +303,18 @@ class TRPO(OnPolicyAlgorithm):
         )
         require(p["kl_constraint"] in KL_CONSTRAINTS, "kl_constraint", f"one of {KL_CONSTRAINTS}", p["kl_constraint"])
         require(p["cg_residual_tol"] >= 0.0, "cg_residual_tol", ">= 0", p["cg_residual_tol"])
+        require(p["fisher_method"] in FISHER_METHODS, "fisher_method", f"one of {FISHER_METHODS}", p["fisher_method"])
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        if self.fisher_method == "analytic":
+            require(
+                supports_analytic_fisher(self.policy.action_dist),
+                "fisher_method",
+                '"auto" or "autograd" for this policy: its action distribution has no closed-form Fisher '
+                "(only SB3's Gaussian, gSDE, categorical, multi-categorical and Bernoulli have one)",
+                self.fisher_method,
+            )
 
     def _check_env(self, normalize_advantage: bool, batch_size: int) -> None:
         assert self.env is not None
@@ -364,11 +386,7 @@ class TRPO(OnPolicyAlgorithm):
         gradient = flat_concat([grad for grad in grads if grad is not None])
 
         kl = batch_mean(kl_per_state(old_distribution, distribution))
-        # Built on first use: the second-order graph costs a backward pass that first-order steps never need.
-        build_fisher_vector_product = functools.cache(lambda: autograd_fisher_vector_product(kl, actor_params))
-
-        def fisher_vector_product(vector: th.Tensor) -> th.Tensor:
-            return build_fisher_vector_product()(vector)
+        fisher_vector_product = self._fisher_vector_product(distribution, kl, actor_params)
 
         def evaluate() -> PolicyEvaluation:
             with th.no_grad():
@@ -377,6 +395,20 @@ class TRPO(OnPolicyAlgorithm):
 
         before = PolicyEvaluation(objective.item(), 0.0, 0.0)
         return NaturalGradientProblem(actor_params, gradient, fisher_vector_product, before, evaluate)
+
+    def _fisher_vector_product(
+        self, distribution: Distribution, kl: th.Tensor, actor_params: list[th.nn.Parameter]
+    ) -> MatrixVectorProduct:
+        """``v -> F v`` at ``θ_old``: closed form ``Jᵀ M J v`` when the distribution has one, else autograd.
+
+        Both are built on first use, so a step that never needs ``F`` never pays for it.
+        """
+        if self.fisher_method != "autograd":
+            analytic = analytic_fisher_vector_product(distribution, actor_params)
+            if analytic is not None:
+                return analytic
+        build_autograd = functools.cache(lambda: autograd_fisher_vector_product(kl, actor_params))
+        return lambda vector: build_autograd()(vector)
 
     def _evaluate(self, candidate: Distribution, old_distribution: Distribution, batch: PolicyBatch) -> PolicyEvaluation:
         objective = surrogate_objective(candidate.log_prob(batch.actions), batch.behaviour_log_prob, batch.advantages)

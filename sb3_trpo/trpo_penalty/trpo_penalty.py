@@ -100,6 +100,7 @@ class TRPOPenalty(TRPO):
         _init_setup_model: bool = True,
         kl_constraint: str = "mean",
         cg_residual_tol: float = 1e-10,
+        fisher_method: str = "auto",
         beta: float = 1.0,
         kl_tolerance: float = 1.5,
         beta_factor: float = 2.0,
@@ -160,6 +161,7 @@ class TRPOPenalty(TRPO):
             _init_setup_model=_init_setup_model,
             kl_constraint=kl_constraint,
             cg_residual_tol=cg_residual_tol,
+            fisher_method=fisher_method,
         )
 
     def _setup_model(self) -> None:

@@ -1,0 +1,59 @@
+"""TRPO's choice of Fisher-vector product: analytic where there is a closed form, autograd otherwise."""
+
+import pytest
+import torch as th
+from stable_baselines3.common.distributions import DiagGaussianDistribution
+from stable_baselines3.common.policies import ActorCriticPolicy
+
+from sb3_trpo import TRPO
+from sb3_trpo.common.natural_gradient import flat_concat
+
+
+class CustomGaussian(DiagGaussianDistribution):
+    """A user's own distribution: no closed form is known for it."""
+
+
+class CustomPolicy(ActorCriticPolicy):
+    def _build(self, lr_schedule):
+        self.action_dist = CustomGaussian(int(self.action_space.shape[0]))
+        super()._build(lr_schedule)
+
+
+def trained(env_id: str, fisher_method: str, **kwargs) -> TRPO:
+    model = TRPO("MlpPolicy", env_id, n_steps=256, n_critic_updates=1, seed=3, fisher_method=fisher_method, **kwargs)
+    return model.learn(512)
+
+
+@pytest.mark.parametrize(("env_id", "kwargs"), [("Pendulum-v1", {}), ("Pendulum-v1", {"use_sde": True}), ("CartPole-v1", {})])
+def test_analytic_and_autograd_products_give_the_same_training(env_id, kwargs):
+    analytic = trained(env_id, "analytic", **kwargs)
+    autograd = trained(env_id, "autograd", **kwargs)
+    a = flat_concat([p.detach() for p in analytic.policy.parameters()])
+    b = flat_concat([p.detach() for p in autograd.policy.parameters()])
+    assert not th.equal(a, flat_concat([p.detach() for p in TRPO("MlpPolicy", env_id, seed=3, **kwargs).policy.parameters()]))
+    assert th.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_uses_the_closed_form_for_sb3_distributions_and_autograd_otherwise(monkeypatch):
+    import sb3_trpo.trpo.trpo as trpo_module
+
+    calls = []
+    original = trpo_module.analytic_fisher_vector_product
+
+    def spy(distribution, params):
+        product = original(distribution, params)
+        calls.append(product is not None)
+        return product
+
+    monkeypatch.setattr(trpo_module, "analytic_fisher_vector_product", spy)
+    TRPO("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=64, n_critic_updates=0).learn(64)
+    TRPO(CustomPolicy, "Pendulum-v1", n_steps=64, batch_size=64, n_critic_updates=0).learn(64)
+    TRPO("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=64, n_critic_updates=0, fisher_method="autograd").learn(64)
+    assert calls == [True, False]
+
+
+def test_analytic_for_a_distribution_without_closed_form_is_rejected_at_construction():
+    with pytest.raises(ValueError, match="fisher_method"):
+        TRPO(CustomPolicy, "Pendulum-v1", fisher_method="analytic")
+    with pytest.raises(ValueError, match="fisher_method must be one of"):
+        TRPO("MlpPolicy", "Pendulum-v1", fisher_method="fast")
