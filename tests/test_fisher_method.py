@@ -40,8 +40,8 @@ def test_auto_uses_the_closed_form_for_sb3_distributions_and_autograd_otherwise(
     calls = []
     original = trpo_module.analytic_fisher_vector_product
 
-    def spy(distribution, params):
-        product = original(distribution, params)
+    def spy(distribution, params, mask=None):
+        product = original(distribution, params, mask)
         calls.append(product is not None)
         return product
 

@@ -84,6 +84,7 @@ def jacobian_fisher_vector_product(
     parameters: DistributionParameters,
     params: Sequence[th.Tensor],
     metric: FisherMetric,
+    mask: th.Tensor | None = None,
 ) -> MatrixVectorProduct:
     """``F v = mean_s J_sᵀ M_s J_s v``, with ``J_s = ∂η_s/∂θ`` at the current ``θ``.
 
@@ -102,6 +103,7 @@ def jacobian_fisher_vector_product(
         their autograd graph to ``params``, each of shape ``(batch, ...)``
     :param params: the parameters ``θ`` (``J``'s columns); those ``η`` does not use give zeros
     :param metric: ``(η, u) -> M(η) u`` state by state, e.g. :func:`gaussian_fisher_metric`
+    :param mask: the states that count in the mean (``None``: all); padded states get weight 0
     :return: the function ``v -> F v`` on flat vectors ``[vec(θ_1); ...; vec(θ_k)]``
     """
     params = list(params)
@@ -110,7 +112,7 @@ def jacobian_fisher_vector_product(
     varying = [index for index, parameter in enumerate(parameters) if parameter.requires_grad]
     outputs = [parameters[index] for index in varying]
     with th.enable_grad():
-        state_weights = _mean_weights(values[0])
+        state_weights = _mean_weights(values[0], mask)
         dummy_cotangents = [th.zeros_like(values[index], requires_grad=True) for index in varying]
         transposed = th.autograd.grad(outputs, params, dummy_cotangents, create_graph=True, allow_unused=True)
     used = [index for index, grad in enumerate(transposed) if grad is not None]
@@ -143,10 +145,10 @@ def jacobian_fisher_vector_product(
     return fisher_vector_product
 
 
-def _mean_weights(like: th.Tensor) -> th.Tensor:
-    """``∂ batch_mean(x) / ∂x_s`` (``1/N`` each): the weight of each state in a mean over the batch."""
+def _mean_weights(like: th.Tensor, mask: th.Tensor | None = None) -> th.Tensor:
+    """``∂ batch_mean(x) / ∂x_s`` (``1/N`` each, 0 where masked): the weight of each state in the mean."""
     per_state = th.zeros(like.shape[0], dtype=like.dtype, device=like.device, requires_grad=True)
-    (weights,) = th.autograd.grad(batch_mean(per_state), per_state)
+    (weights,) = th.autograd.grad(batch_mean(per_state, mask), per_state)
     return weights
 
 
@@ -200,7 +202,9 @@ def fisher_metric(distribution: Distribution) -> FisherMetric:
     return _CLOSED_FORMS[type(distribution)][1]
 
 
-def analytic_fisher_vector_product(distribution: Distribution, params: Sequence[th.Tensor]) -> MatrixVectorProduct | None:
+def analytic_fisher_vector_product(
+    distribution: Distribution, params: Sequence[th.Tensor], mask: th.Tensor | None = None
+) -> MatrixVectorProduct | None:
     """The closed-form ``v -> F v`` of an SB3 action distribution, or ``None`` if it has none.
 
     The same product as :func:`~sb3_trpo.common.fisher.autograd_fisher_vector_product` on the
@@ -214,12 +218,13 @@ def analytic_fisher_vector_product(distribution: Distribution, params: Sequence[
         enabled so that its tensors carry their graph to ``params``. They are read here, so SB3
         may reuse the object (``get_distribution`` does) once this returns.
     :param params: the actor's parameters ``θ``
+    :param mask: the states that count in the mean over the batch (``None``: all)
     :return: the function ``v -> F v``, or ``None`` when the caller should use the autograd product
     """
     if not supports_analytic_fisher(distribution):
         return None
     parameters, metric, params = distribution_parameters(distribution), fisher_metric(distribution), list(params)
-    build = functools.cache(lambda: jacobian_fisher_vector_product(parameters, params, metric))
+    build = functools.cache(lambda: jacobian_fisher_vector_product(parameters, params, metric, mask))
 
     def fisher_vector_product(vector: th.Tensor) -> th.Tensor:
         return build()(vector)

@@ -11,13 +11,16 @@ from __future__ import annotations
 import torch as th
 
 
-def batch_mean(values: th.Tensor) -> th.Tensor:
-    """Mean of ``values`` over every element of the batch: ``(1/N) Σ_i values_i``."""
-    return values.mean()
+def batch_mean(values: th.Tensor, mask: th.Tensor | None = None) -> th.Tensor:
+    """Mean over the batch: ``(1/N) Σ_i values_i``, over the elements where ``mask`` is true if given.
+
+    The mask marks the real entries of a padded batch (recurrent policies pad their sequences).
+    """
+    return values.mean() if mask is None else values[mask].mean()
 
 
-def batch_std(values: th.Tensor) -> th.Tensor:
-    """Unbiased standard deviation over the batch, built from :func:`batch_mean`."""
-    n = values.numel()
-    centred = values - batch_mean(values)
-    return th.sqrt(batch_mean(centred.pow(2)) * n / max(n - 1, 1))
+def batch_std(values: th.Tensor, mask: th.Tensor | None = None) -> th.Tensor:
+    """Unbiased standard deviation over the batch (the masked elements only), built from :func:`batch_mean`."""
+    n = values.numel() if mask is None else int(mask.sum())
+    centred = values - batch_mean(values, mask)
+    return th.sqrt(batch_mean(centred.pow(2), mask) * n / max(n - 1, 1))

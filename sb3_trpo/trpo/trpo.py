@@ -49,6 +49,17 @@ class PolicyBatch:
     actions: th.Tensor
     behaviour_log_prob: th.Tensor  # log β(a|s), stored by the policy that collected the data
     advantages: th.Tensor  # normalised when ``normalize_advantage``
+    mask: th.Tensor | None = None  # the real states of a padded batch (recurrent sequences); None: all
+
+    def subset(self, index: th.Tensor) -> PolicyBatch:
+        """The states at ``index`` (a minibatch of a feed-forward batch)."""
+        observations: th.Tensor | dict[str, th.Tensor]
+        if isinstance(self.observations, dict):
+            observations = {key: obs[index] for key, obs in self.observations.items()}
+        else:
+            observations = self.observations[index]
+        mask = None if self.mask is None else self.mask[index]
+        return PolicyBatch(observations, self.actions[index], self.behaviour_log_prob[index], self.advantages[index], mask)
 
 
 @dataclass(frozen=True)
@@ -97,9 +108,11 @@ class PolicyUpdateStats:
         return self.kl_max if constraint == "max" else self.kl_mean
 
 
-def surrogate_objective(log_prob: th.Tensor, behaviour_log_prob: th.Tensor, advantages: th.Tensor) -> th.Tensor:
+def surrogate_objective(
+    log_prob: th.Tensor, behaviour_log_prob: th.Tensor, advantages: th.Tensor, mask: th.Tensor | None = None
+) -> th.Tensor:
     """``L(θ) = mean[ π_θ(a|s) / β(a|s) · Â(s, a) ]``, importance-sampled against the behaviour policy β."""
-    return batch_mean(th.exp(log_prob - behaviour_log_prob) * advantages)
+    return batch_mean(th.exp(log_prob - behaviour_log_prob) * advantages, mask)
 
 
 class TRPO(OnPolicyAlgorithm):
@@ -357,27 +370,33 @@ class TRPO(OnPolicyAlgorithm):
     def _policy_batch(self) -> PolicyBatch:
         """The whole rollout as one batch, every ``sub_sampling_factor``-th transition, advantages normalised."""
         data = next(iter(self.rollout_buffer.get(batch_size=None)))
-        index = slice(None, None, self.sub_sampling_factor)
-        observations: th.Tensor | dict[str, th.Tensor]
-        if isinstance(data.observations, dict):
-            observations = {key: obs[index] for key, obs in data.observations.items()}
-        else:
-            observations = data.observations[index]
-        actions = data.actions[index]
-        if isinstance(self.action_space, spaces.Discrete):
-            actions = actions.long().flatten()
-        advantages = data.advantages[index]
-        if self.normalize_advantage and advantages.numel() > 1:
-            advantages = (advantages - batch_mean(advantages)) / (batch_std(advantages) + 1e-8)
-        return PolicyBatch(observations, actions, data.old_log_prob[index], advantages)
+        actions = data.actions.long().flatten() if isinstance(self.action_space, spaces.Discrete) else data.actions
+        batch = PolicyBatch(data.observations, actions, data.old_log_prob, data.advantages)
+        if self.sub_sampling_factor > 1:
+            batch = batch.subset(th.arange(0, len(actions), self.sub_sampling_factor, device=actions.device))
+        return self._normalize_advantages(batch)
+
+    def _normalize_advantages(self, batch: PolicyBatch) -> PolicyBatch:
+        """Advantages to zero mean and unit variance over the (real states of the) batch."""
+        n_states = batch.advantages.numel() if batch.mask is None else int(batch.mask.sum())
+        if self.normalize_advantage and n_states > 1:
+            mean, std = batch_mean(batch.advantages, batch.mask), batch_std(batch.advantages, batch.mask)
+            batch.advantages = (batch.advantages - mean) / (std + 1e-8)
+        return batch
+
+    def _distribution(self, batch: PolicyBatch) -> Distribution:
+        """The current policy's action distribution on the states of ``batch``."""
+        return self.policy.get_distribution(batch.observations)
 
     def _natural_gradient_problem(self, batch: PolicyBatch) -> NaturalGradientProblem:
         """Surrogate, gradient, KL and Fisher-vector product at ``θ_old``, shared by every policy step."""
         with th.no_grad():
             # get_distribution() updates the policy's distribution object in place: keep a shallow copy.
-            old_distribution = copy.copy(self.policy.get_distribution(batch.observations))
-        distribution = self.policy.get_distribution(batch.observations)
-        objective = surrogate_objective(distribution.log_prob(batch.actions), batch.behaviour_log_prob, batch.advantages)
+            old_distribution = copy.copy(self._distribution(batch))
+        distribution = self._distribution(batch)
+        objective = surrogate_objective(
+            distribution.log_prob(batch.actions), batch.behaviour_log_prob, batch.advantages, batch.mask
+        )
 
         # The actor is whatever the action distribution depends on: no reliance on parameter names.
         params = [param for param in self.policy.parameters() if param.requires_grad]
@@ -385,35 +404,38 @@ class TRPO(OnPolicyAlgorithm):
         actor_params = [param for param, grad in zip(params, grads, strict=True) if grad is not None]
         gradient = flat_concat([grad for grad in grads if grad is not None])
 
-        kl = batch_mean(kl_per_state(old_distribution, distribution))
-        fisher_vector_product = self._fisher_vector_product(distribution, kl, actor_params)
+        kl = batch_mean(kl_per_state(old_distribution, distribution), batch.mask)
+        fisher_vector_product = self._fisher_vector_product(distribution, kl, actor_params, batch.mask)
 
         def evaluate() -> PolicyEvaluation:
             with th.no_grad():
-                candidate = self.policy.get_distribution(batch.observations)
+                candidate = self._distribution(batch)
                 return self._evaluate(candidate, old_distribution, batch)
 
         before = PolicyEvaluation(objective.item(), 0.0, 0.0)
         return NaturalGradientProblem(actor_params, gradient, fisher_vector_product, before, evaluate)
 
     def _fisher_vector_product(
-        self, distribution: Distribution, kl: th.Tensor, actor_params: list[th.nn.Parameter]
+        self, distribution: Distribution, kl: th.Tensor, actor_params: list[th.nn.Parameter], mask: th.Tensor | None
     ) -> MatrixVectorProduct:
         """``v -> F v`` at ``θ_old``: closed form ``Jᵀ M J v`` when the distribution has one, else autograd.
 
         Both are built on first use, so a step that never needs ``F`` never pays for it.
         """
         if self.fisher_method != "autograd":
-            analytic = analytic_fisher_vector_product(distribution, actor_params)
+            analytic = analytic_fisher_vector_product(distribution, actor_params, mask)
             if analytic is not None:
                 return analytic
         build_autograd = functools.cache(lambda: autograd_fisher_vector_product(kl, actor_params))
         return lambda vector: build_autograd()(vector)
 
     def _evaluate(self, candidate: Distribution, old_distribution: Distribution, batch: PolicyBatch) -> PolicyEvaluation:
-        objective = surrogate_objective(candidate.log_prob(batch.actions), batch.behaviour_log_prob, batch.advantages)
+        objective = surrogate_objective(
+            candidate.log_prob(batch.actions), batch.behaviour_log_prob, batch.advantages, batch.mask
+        )
         kl = kl_per_state(old_distribution, candidate)
-        return PolicyEvaluation(objective.item(), batch_mean(kl).item(), kl.max().item())
+        kl_max = (kl if batch.mask is None else kl[batch.mask]).max()
+        return PolicyEvaluation(objective.item(), batch_mean(kl, batch.mask).item(), kl_max.item())
 
     def _policy_step(self, batch: PolicyBatch) -> tuple[PolicyUpdateStats, list[th.nn.Parameter]]:
         """The natural-gradient step: CG direction ``x``, scaled by :meth:`_step_length`, then the line search."""
@@ -507,8 +529,7 @@ class TRPO(OnPolicyAlgorithm):
             return value_losses
         for _ in range(self.n_critic_updates):
             for data in self.rollout_buffer.get(self.batch_size):
-                values = self.policy.predict_values(data.observations).flatten()
-                value_loss = batch_mean((data.returns - values).pow(2))
+                value_loss = self._value_loss(data)
                 if not th.isfinite(value_loss):
                     self.n_skipped_critic_steps += 1
                     continue
@@ -520,6 +541,11 @@ class TRPO(OnPolicyAlgorithm):
                 self.policy.optimizer.step()
                 value_losses.append(value_loss.item())
         return value_losses
+
+    def _value_loss(self, data: Any) -> th.Tensor:
+        """Mean squared error of the critic on a minibatch of the rollout buffer."""
+        values = self.policy.predict_values(data.observations).flatten()
+        return batch_mean((data.returns - values).pow(2))
 
     def _log_update(self, stats: PolicyUpdateStats, value_losses: list[float]) -> None:
         record = self.logger.record

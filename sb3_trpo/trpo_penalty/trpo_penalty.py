@@ -29,12 +29,6 @@ SelfTRPOPenalty = TypeVar("SelfTRPOPenalty", bound="TRPOPenalty")
 POLICY_OPTIMIZERS = ("natural", "first_order")
 
 
-def _take(observations: th.Tensor | dict[str, th.Tensor], index: th.Tensor) -> th.Tensor | dict[str, th.Tensor]:
-    if isinstance(observations, dict):
-        return {key: obs[index] for key, obs in observations.items()}
-    return observations[index]
-
-
 class TRPOPenalty(TRPO):
     """
     TRPO with a KL penalty: maximise ``L(θ) − β · KL̄(θ)`` and adapt ``β`` after every update.
@@ -212,15 +206,16 @@ class TRPOPenalty(TRPO):
             for start in range(0, n_samples, self.policy_batch_size)
         ]
         with th.no_grad():  # π_θold on every minibatch, before the first step moves θ
-            old_distributions = [copy.copy(self.policy.get_distribution(_take(batch.observations, i))) for i in minibatches]
+            old_distributions = [copy.copy(self._distribution(batch.subset(index))) for index in minibatches]
         saved = [param.detach().clone() for param in problem.actor_params]
 
         for index, old_distribution in zip(minibatches, old_distributions, strict=True):
-            distribution = self.policy.get_distribution(_take(batch.observations, index))
+            minibatch = batch.subset(index)
+            distribution = self._distribution(minibatch)
             objective = surrogate_objective(
-                distribution.log_prob(batch.actions[index]), batch.behaviour_log_prob[index], batch.advantages[index]
+                distribution.log_prob(minibatch.actions), minibatch.behaviour_log_prob, minibatch.advantages, minibatch.mask
             )
-            loss = -(objective - self.beta * batch_mean(kl_per_state(old_distribution, distribution)))
+            loss = -(objective - self.beta * batch_mean(kl_per_state(old_distribution, distribution), minibatch.mask))
             self.policy_adam.zero_grad()
             loss.backward()
             gradients = [param.grad for param in problem.actor_params if param.grad is not None]
