@@ -145,3 +145,15 @@ def test_line_search_never_accepts_non_finite_evaluations():
     )
     assert not result.accepted
     assert th.equal(policy.params[0].detach(), before)
+
+
+def test_line_search_restores_parameters_when_evaluation_raises():
+    policy = QuadraticPolicy(seed=3)
+    before = policy.params[0].detach().clone()
+
+    def evaluate():
+        raise ValueError("Expected parameter loc to satisfy the constraint Real()")
+
+    with pytest.raises(ValueError, match="Expected parameter"):
+        backtracking_line_search(policy.params, th.ones(5, dtype=th.float64), evaluate, lambda e: True, 0.5, 3)
+    assert th.equal(policy.params[0].detach(), before)

@@ -140,16 +140,20 @@ def backtracking_line_search(
 
     ``evaluate()`` is called with the candidate written into ``params`` (TRPO: the surrogate and
     the KL on the batch); ``is_acceptable`` decides (TRPO: the surrogate improved, ``KL <= δ``,
-    everything finite). When no candidate is accepted, the parameters are restored bit for bit
-    to their values on entry.
+    everything finite). When no candidate is accepted, or ``evaluate`` raises, the parameters are
+    restored bit for bit to their values on entry.
     """
     saved = [param.detach().clone() for param in params]
     fraction = 1.0
-    for k in range(max_iter):
-        add_flat_to_params(params, saved, fraction * full_step)
-        evaluation = evaluate()
-        if is_acceptable(evaluation):
-            return LineSearchResult(True, fraction, k, evaluation)
-        fraction *= shrinking_factor
+    try:
+        for k in range(max_iter):
+            add_flat_to_params(params, saved, fraction * full_step)
+            evaluation = evaluate()
+            if is_acceptable(evaluation):
+                return LineSearchResult(True, fraction, k, evaluation)
+            fraction *= shrinking_factor
+    except BaseException:
+        restore_params(params, saved)  # an evaluation that raises leaves no candidate behind
+        raise
     restore_params(params, saved)
     return LineSearchResult(False, 0.0, max_iter, None)

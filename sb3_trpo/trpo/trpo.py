@@ -51,6 +51,10 @@ class PolicyBatch:
     advantages: th.Tensor  # normalised when ``normalize_advantage``
     mask: th.Tensor | None = None  # the real states of a padded batch (recurrent sequences); None: all
 
+    def __len__(self) -> int:
+        """The number of items :meth:`subset` picks from: states here, whole sequences in a recurrent batch."""
+        return self.actions.shape[0]
+
     def subset(self, index: th.Tensor) -> PolicyBatch:
         """The states at ``index`` (a minibatch of a feed-forward batch)."""
         observations: th.Tensor | dict[str, th.Tensor]
@@ -368,13 +372,16 @@ class TRPO(OnPolicyAlgorithm):
         self._log_update(stats, value_losses)
 
     def _policy_batch(self) -> PolicyBatch:
-        """The whole rollout as one batch, every ``sub_sampling_factor``-th transition, advantages normalised."""
-        data = next(iter(self.rollout_buffer.get(batch_size=None)))
-        actions = data.actions.long().flatten() if isinstance(self.action_space, spaces.Discrete) else data.actions
-        batch = PolicyBatch(data.observations, actions, data.old_log_prob, data.advantages)
+        """The whole rollout as one batch, every ``sub_sampling_factor``-th item, advantages normalised."""
+        batch = self._rollout_batch(next(iter(self.rollout_buffer.get(batch_size=None))))
         if self.sub_sampling_factor > 1:
-            batch = batch.subset(th.arange(0, len(actions), self.sub_sampling_factor, device=actions.device))
+            batch = batch.subset(th.arange(0, len(batch), self.sub_sampling_factor, device=batch.actions.device))
         return self._normalize_advantages(batch)
+
+    def _rollout_batch(self, data: Any) -> PolicyBatch:
+        """The rollout buffer's samples as a :class:`PolicyBatch` (discrete actions as integer indices)."""
+        actions = data.actions.long().flatten() if isinstance(self.action_space, spaces.Discrete) else data.actions
+        return PolicyBatch(data.observations, actions, data.old_log_prob, data.advantages)
 
     def _normalize_advantages(self, batch: PolicyBatch) -> PolicyBatch:
         """Advantages to zero mean and unit variance over the (real states of the) batch."""
@@ -433,7 +440,8 @@ class TRPO(OnPolicyAlgorithm):
         objective = surrogate_objective(
             candidate.log_prob(batch.actions), batch.behaviour_log_prob, batch.advantages, batch.mask
         )
-        kl = kl_per_state(old_distribution, candidate)
+        # KL ≥ 0; float32 round-off can put a tiny step's value slightly below.
+        kl = kl_per_state(old_distribution, candidate).clamp_min(0.0)
         kl_max = (kl if batch.mask is None else kl[batch.mask]).max()
         return PolicyEvaluation(objective.item(), batch_mean(kl, batch.mask).item(), kl_max.item())
 
