@@ -21,6 +21,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.utils import explained_variance
 
 from sb3_trpo.common.analytic_fisher import analytic_fisher_vector_product, supports_analytic_fisher
+from sb3_trpo.common.critic import fast_critic_fit, rollout_minibatches
 from sb3_trpo.common.fisher import autograd_fisher_vector_product, kl_per_state
 from sb3_trpo.common.natural_gradient import (
     LineSearchResult,
@@ -535,6 +536,15 @@ class TRPO(OnPolicyAlgorithm):
                 stacklevel=3,
             )
             return value_losses
+        if type(self)._value_loss is TRPO._value_loss:
+            # SB3's standard MLP critic with Adam: the same steps, bit for bit, without autograd's overhead.
+            minibatches = rollout_minibatches(self.rollout_buffer, self.batch_size, self.n_critic_updates)
+            result = fast_critic_fit(self.policy, self.policy.optimizer, minibatches)
+            if result is not None:
+                for param in actor_params:
+                    param.grad = None
+                self.n_skipped_critic_steps += result.n_skipped_steps
+                return result.losses
         for _ in range(self.n_critic_updates):
             for data in self.rollout_buffer.get(self.batch_size):
                 value_loss = self._value_loss(data)
