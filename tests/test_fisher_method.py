@@ -57,3 +57,48 @@ def test_analytic_for_a_distribution_without_closed_form_is_rejected_at_construc
         TRPO(CustomPolicy, "Pendulum-v1", fisher_method="analytic")
     with pytest.raises(ValueError, match="fisher_method must be one of"):
         TRPO("MlpPolicy", "Pendulum-v1", fisher_method="fast")
+
+
+@pytest.mark.parametrize("fisher_method", ["analytic", "autograd"])
+def test_fisher_sub_sampling_uses_every_kth_state_for_the_fisher_and_all_states_for_the_gradient(fisher_method):
+    import copy
+
+    from sb3_trpo.common.fisher import autograd_fisher_vector_product, kl_per_state
+
+    def problem_of(k: int):
+        model = TRPO(
+            "MlpPolicy",
+            "Pendulum-v1",
+            n_steps=256,
+            batch_size=64,
+            seed=5,
+            fisher_method=fisher_method,
+            fisher_sub_sampling_factor=k,
+        )
+        _, callback = model._setup_learn(256, callback=None)
+        callback.on_training_start(locals(), globals())
+        model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
+        batch = model._policy_batch()
+        return model, batch, model._natural_gradient_problem(batch)
+
+    model, batch, problem = problem_of(4)
+    _, _, full = problem_of(1)
+    assert th.equal(problem.gradient, full.gradient)  # the gradient keeps the whole batch
+
+    # Reference: the autograd Fisher of the mean KL over states 0, 4, 8, ...
+    observations = batch.observations[::4]
+    with th.no_grad():
+        old = copy.copy(model.policy.get_distribution(observations))
+    kl = kl_per_state(old, model.policy.get_distribution(observations)).mean()
+    reference = autograd_fisher_vector_product(kl, problem.actor_params)
+    v = th.randn(problem.gradient.numel(), generator=th.Generator().manual_seed(0))
+    assert th.allclose(problem.fisher_vector_product(v), reference(v), rtol=1e-4, atol=1e-6)
+    assert not th.allclose(full.fisher_vector_product(v), reference(v), rtol=1e-2, atol=0)
+
+
+def test_fisher_sub_sampling_trains_and_is_validated():
+    model = TRPO("MlpPolicy", "CartPole-v1", n_steps=128, batch_size=64, fisher_sub_sampling_factor=10).learn(256)
+    assert model.fisher_sub_sampling_factor == 10
+    for bad in (0, 2.5):
+        with pytest.raises(ValueError, match="fisher_sub_sampling_factor must be an integer >= 1"):
+            TRPO("MlpPolicy", "CartPole-v1", fisher_sub_sampling_factor=bad)

@@ -95,6 +95,7 @@ class TRPOPenalty(TRPO):
         kl_constraint: str = "mean",
         cg_residual_tol: float = 1e-10,
         fisher_method: str = "auto",
+        fisher_sub_sampling_factor: int = 1,
         beta: float = 1.0,
         kl_tolerance: float = 1.5,
         beta_factor: float = 2.0,
@@ -156,6 +157,7 @@ class TRPOPenalty(TRPO):
             kl_constraint=kl_constraint,
             cg_residual_tol=cg_residual_tol,
             fisher_method=fisher_method,
+            fisher_sub_sampling_factor=fisher_sub_sampling_factor,
         )
 
     def _setup_model(self) -> None:
@@ -199,7 +201,7 @@ class TRPOPenalty(TRPO):
         problem = self._natural_gradient_problem(batch)
         if not th.isfinite(batch.advantages).all():
             return self._skip_policy_update("non-finite advantages", problem), problem.actor_params
-        n_samples = batch.actions.shape[0]
+        n_samples = len(batch)  # states; whole sequences in a recurrent batch
         minibatches = [
             permutation[start : start + self.policy_batch_size]
             for permutation in (th.randperm(n_samples, device=self.device) for _ in range(self.n_epochs))
