@@ -13,7 +13,7 @@ $(STAMP): setup.py
 	$(BIN)/python -m pip install --upgrade pip
 	# torch first, pinned: the local CPU build. An unpinned torch pulls gigabytes of CUDA wheels.
 	$(BIN)/python -m pip install torch==2.13.0
-	$(BIN)/python -m pip install -e ".[tests,docs,extra]"
+	$(BIN)/python -m pip install -e ".[tests,docs,extra,zoo]"
 	touch $(STAMP)
 
 install: $(STAMP)

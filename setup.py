@@ -15,7 +15,9 @@ extras = {
         "types-PyYAML",
     ],
     "docs": ["sphinx>=7", "sphinx-rtd-theme>=2", "sphinx-autodoc-typehints>=2", "sphinx-copybutton", "myst-parser>=2"],
-    "zoo": ["rl_zoo3>=2.3", "optuna>=3"],
+    # rl_zoo3's CLI imports its plots, hence [plots], and requests, which it does not declare;
+    # optuna>=4 for its journal-file storage (--storage x.log).
+    "zoo": ["rl_zoo3[plots]>=2.9.2,<3", "optuna>=4", "requests"],
     "extra": ["matplotlib>=3.7", "tensorboard>=2.9", "tqdm", "rich", "gymnasium[mujoco]>=1.0"],
 }
 
@@ -36,7 +38,7 @@ setup(
         "numpy>=1.20",
     ],
     extras_require=extras,
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["sb3-trpo-zoo=sb3_trpo.zoo.__main__:main"]},
     license="MIT",
     classifiers=[
         "Programming Language :: Python :: 3",

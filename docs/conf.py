@@ -80,6 +80,7 @@ BENCHMARK_REPORTS = {
     "learning.md": ("Learning benchmark", "learning_*.png", "make benchmark-learning"),
     "speed.md": ("Speed benchmark", None, "make benchmark-speed"),
     "penalty.md": ("Penalty vs constraint", "penalty_*.png", "python benchmarks/penalty.py"),
+    "recurrent.md": ("Recurrent TRPO", "recurrent_*.png", "python benchmarks/recurrent.py"),
 }
 
 

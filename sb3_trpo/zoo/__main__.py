@@ -1,0 +1,104 @@
+"""
+``python -m sb3_trpo.zoo <command> [options]`` and ``sb3-trpo-zoo``: rl_zoo3's CLI with our algorithms.
+
+The commands and their options are rl_zoo3's own (``train``, ``enjoy``, ``plot_train``, ``all_plots``,
+``plot_from_file``), run by rl_zoo3 itself once :mod:`sb3_trpo.zoo` has registered the algorithms.
+Two things are added: ``train`` with one of our algorithms reads the hyperparameter file shipped with
+this package unless ``--conf-file`` names another, and ``-optimize`` without ``--storage`` keeps its
+study in an SQLite file (:func:`with_default_storage`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rl_zoo3 import cli
+
+from sb3_trpo.zoo import REGISTERED
+
+COMMANDS = ("train", "enjoy", "plot_train", "all_plots", "plot_from_file")
+
+
+def _algo_argument(args: list[str]) -> str | None:
+    """The value of ``--algo`` in ``args`` as rl_zoo3's ``train`` will read it, or None if it is malformed."""
+    # Same option name, abbreviations allowed like rl_zoo3's parser (only --algo starts with --a there).
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    parser.add_argument("--algo", default="ppo")
+    try:
+        known, _ = parser.parse_known_args(args)
+    except (argparse.ArgumentError, SystemExit):
+        return None  # rl_zoo3's parser will report it
+    return known.algo
+
+
+def with_default_hyperparams(train_args: list[str]) -> list[str]:
+    """``train``'s arguments, with ``--conf-file <our hyperparams/<algo>.yml>`` first when ``--algo`` is ours.
+
+    It goes first so that a ``--conf-file`` (or ``-conf``) of the user's, later on the line, wins:
+    argparse keeps the last value of an option.
+    """
+    algo = _algo_argument(train_args)
+    if algo not in REGISTERED:
+        return train_args
+    return ["--conf-file", str(REGISTERED[algo].hyperparams_file), *train_args]
+
+
+def with_default_storage(train_args: list[str]) -> list[str]:
+    """``train``'s arguments, with an SQLite study file when ``-optimize`` names no ``--storage``.
+
+    rl_zoo3 keeps a study without storage in memory only; ours goes to
+    ``<log-folder>/<algo>/optuna_<env>.db`` with the study name ``<algo>_<env>``, so a search can be
+    inspected afterwards and resumed by running the same command again.
+    """
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    parser.add_argument("-optimize", "--optimize-hyperparameters", action="store_true")
+    parser.add_argument("--storage", default=None)
+    parser.add_argument("--study-name", default=None)
+    parser.add_argument("-f", "--log-folder", default="logs")
+    parser.add_argument("--algo", default="ppo")
+    parser.add_argument("--env", default="CartPole-v1")
+    try:
+        known, _ = parser.parse_known_args(train_args)
+    except (argparse.ArgumentError, SystemExit):
+        return train_args  # rl_zoo3's parser will report it
+    if not known.optimize_hyperparameters or known.storage is not None:
+        return train_args
+    folder = Path(known.log_folder) / known.algo
+    folder.mkdir(parents=True, exist_ok=True)
+    defaults = ["--storage", f"sqlite:///{folder / f'optuna_{known.env}.db'}"]
+    if known.study_name is None:
+        defaults += ["--study-name", f"{known.algo}_{known.env}"]
+    return [*train_args, *defaults]
+
+
+def _program_name() -> str:
+    if os.path.basename(sys.argv[0]) == "__main__.py":
+        return "python -m sb3_trpo.zoo"
+    return os.path.basename(sys.argv[0])
+
+
+def main() -> None:
+    """Run the rl_zoo3 command named by the first argument, with our algorithms registered."""
+    program = _program_name()
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        asked = len(sys.argv) >= 2
+        usage = (
+            f"usage: {program} {{{','.join(COMMANDS)}}} [options]\n\n"
+            f"rl_zoo3's commands, with the algorithms {', '.join(sorted(REGISTERED))} of sb3_trpo.\n"
+            f"Options of a command: {program} <command> --help"
+        )
+        print(usage, file=sys.stdout if asked else sys.stderr)
+        sys.exit(0 if asked else 2)
+    command = sys.argv[1]
+    if command == "train":
+        sys.argv[2:] = with_default_storage(with_default_hyperparams(sys.argv[2:]))
+    # argparse names the program after sys.argv[0]: "sb3-trpo-zoo train: error: ..."
+    sys.argv[0] = f"{program} {command}"
+    cli.main()
+
+
+if __name__ == "__main__":
+    main()
