@@ -159,3 +159,19 @@ def replace_marked_block(path: Path, name: str, content: str) -> None:
         raise ValueError(f"{path} must contain exactly one {start} ... {end} block")
     block = f"{start}\n{content.strip()}\n{end}"
     write_text(path, pattern.sub(lambda _: block, text))
+
+
+def finish_return_plot(figure: Any, axes: Any, title: str, path: Path) -> None:
+    """Label a returns-over-training plot the same way in every benchmark, save it as ``path``, close it."""
+    import matplotlib.ticker
+
+    axes.set_title(title)
+    axes.set_xlabel("training steps")
+    axes.set_ylabel("episode return")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best")
+    axes.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    figure.clf()

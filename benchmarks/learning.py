@@ -31,6 +31,7 @@ from common import (
     BENCHMARKS_DIR,
     DEFAULT_RESULTS_DIR,
     check_single_source,
+    finish_return_plot,
     format_number,
     git_commit,
     mean_std,
@@ -366,7 +367,6 @@ def plot_env(env_id: str, by_algo: dict[str, list[dict[str, Any]]], path: Path) 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
     figure, axes = plt.subplots(figsize=(7.5, 4.5), dpi=120)
     n_seeds = set()
@@ -379,15 +379,7 @@ def plot_env(env_id: str, by_algo: dict[str, list[dict[str, Any]]], path: Path) 
         axes.plot(timesteps, mean, label=f"{ALGO_LABELS.get(algo, algo)} ({len(algo_runs)} seeds)", color=color, lw=2)
         axes.fill_between(timesteps, mean - std, mean + std, color=color, alpha=0.2, lw=0)
         n_seeds.add(len(algo_runs))
-    axes.set_title(f"{env_id}: deterministic evaluation return, mean ± std over seeds")
-    axes.set_xlabel("training steps")
-    axes.set_ylabel("episode return")
-    axes.grid(alpha=0.3)
-    axes.legend(loc="best")
-    axes.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    finish_return_plot(figure, axes, f"{env_id}: deterministic evaluation return, mean ± std over seeds", path)
     plt.close(figure)
 
 

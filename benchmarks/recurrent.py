@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from common import (
     DEFAULT_RESULTS_DIR,
+    finish_return_plot,
     format_number,
     git_commit,
     mean_std,
@@ -328,7 +329,6 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
     figure, axes = plt.subplots(figsize=(7.5, 4.5), dpi=120)
     for algo in HYPERPARAMS:
@@ -341,15 +341,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
         axes.plot(timesteps, mean, label=f"{LABELS[algo]} ({len(mine)} seeds)", color=COLORS[algo], lw=2)
         axes.fill_between(timesteps, mean - std, mean + std, color=COLORS[algo], alpha=0.2, lw=0)
     axes.axhline(TARGET_RETURN, color="black", linestyle="--", lw=1, label=f"target {TARGET_RETURN:g}")
-    axes.set_title(f"{ENV_ID}: deterministic evaluation return, mean ± std over seeds")
-    axes.set_xlabel("training steps")
-    axes.set_ylabel("episode return")
-    axes.grid(alpha=0.3)
-    axes.legend(loc="best")
-    axes.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    finish_return_plot(figure, axes, f"{ENV_ID}: deterministic evaluation return, mean ± std over seeds", path)
     plt.close(figure)
 
 
