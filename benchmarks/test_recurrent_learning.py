@@ -22,6 +22,7 @@ def _one_thread():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # three runs of about five minutes each, beyond the suite's 600 s per test
 def test_recurrent_trpo_balances_cartpole_without_velocities() -> None:
     n_timesteps = HYPERPARAMS["trpo_lstm"]["n_timesteps"]
     assert n_timesteps <= 150_000

@@ -143,6 +143,17 @@ def test_sub_sampling_uses_whole_sequences():
     assert model.n_skipped_policy_updates == 0
 
 
+def test_fisher_sub_sampling_uses_whole_sequences():
+    model = RecurrentTRPO(
+        "MlpLstmPolicy", make_vec_env("Pendulum-v1", n_envs=2, seed=0), seed=0, fisher_sub_sampling_factor=2, **SMALL
+    )
+    before = parameters(model)
+    model.learn(2 * SMALL["n_steps"] * 2)
+    assert model.n_skipped_policy_updates == 0
+    assert model.logger.name_to_value["train/is_line_search_success"] == 1.0
+    assert not th.equal(before["lstm_actor.weight_hh_l0"], model.policy.lstm_actor.weight_hh_l0)
+
+
 # ---------------------------------------------------------------- predict, evaluate, VecNormalize, save/load
 
 
