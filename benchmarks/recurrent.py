@@ -44,7 +44,7 @@ from common import (
     write_json,
     write_text,
 )
-from hyperparams import linear_schedule, make_training_env
+from hyperparams import TRPO_HYPERPARAMS, linear_schedule, make_training_env
 
 ENV_ID = "CartPoleNoVel-v1"
 TARGET_RETURN = 400.0  # the issue's target within 150k steps
@@ -82,19 +82,11 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
         "learning_rate": 1e-3,
         "policy_kwargs": "lstm",
     },
-    "trpo": {  # rl-zoo's trpo.yml, CartPole-v1
+    "trpo": {  # rl-zoo's trpo.yml, CartPole-v1, with the recurrent runs' normalisation and budget
+        **TRPO_HYPERPARAMS["CartPole-v1"],
         "class": "sb3_trpo:TRPO",
         "normalize": True,
-        "n_envs": 2,
         "n_timesteps": 150_000,
-        "policy": "MlpPolicy",
-        "n_steps": 512,
-        "batch_size": 512,
-        "cg_damping": 1e-3,
-        "gae_lambda": 0.98,
-        "gamma": 0.99,
-        "learning_rate": 1e-3,
-        "n_critic_updates": 20,
     },
     "ppo_lstm": {  # rl-zoo's ppo_lstm.yml, CartPoleNoVel-v1
         "class": "sb3_contrib:RecurrentPPO",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch as th
 from gymnasium import spaces
@@ -13,14 +13,11 @@ from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import MaybeCallback
 
 from sb3_trpo.common.reduction import batch_mean
 from sb3_trpo.common.validation import require
 from sb3_trpo.recurrent.policies import CnnLstmPolicy, MlpLstmPolicy, MultiInputLstmPolicy
 from sb3_trpo.trpo.trpo import TRPO, PolicyBatch
-
-SelfRecurrentTRPO = TypeVar("SelfRecurrentTRPO", bound="RecurrentTRPO")
 
 RECURRENT_BUFFERS = (RecurrentRolloutBuffer, RecurrentDictRolloutBuffer)
 
@@ -194,21 +191,3 @@ class RecurrentTRPO(TRPO):
         """Mean squared error of the critic over the real steps of a minibatch of padded sequences."""
         values = self.policy.predict_values(data.observations, data.lstm_states.vf, data.episode_starts).flatten()
         return batch_mean((data.returns - values).pow(2), data.mask > 1e-8)
-
-    def learn(
-        self: SelfRecurrentTRPO,
-        total_timesteps: int,
-        callback: MaybeCallback = None,
-        log_interval: int = 1,
-        tb_log_name: str = "RecurrentTRPO",
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> SelfRecurrentTRPO:
-        return super().learn(
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import MaybeCallback
 
 from sb3_trpo.recurrent.recurrent_trpo import RecurrentTRPO
 from sb3_trpo.trpo_penalty.trpo_penalty import TRPOPenalty
-
-SelfRecurrentTRPOPenalty = TypeVar("SelfRecurrentTRPOPenalty", bound="RecurrentTRPOPenalty")
 
 
 class RecurrentTRPOPenalty(RecurrentTRPO, TRPOPenalty):
@@ -30,21 +27,3 @@ class RecurrentTRPOPenalty(RecurrentTRPO, TRPOPenalty):
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = RecurrentTRPO.policy_aliases
-
-    def learn(
-        self: SelfRecurrentTRPOPenalty,
-        total_timesteps: int,
-        callback: MaybeCallback = None,
-        log_interval: int = 1,
-        tb_log_name: str = "RecurrentTRPOPenalty",
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> SelfRecurrentTRPOPenalty:
-        return super().learn(
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch as th
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from sb3_trpo.common.fisher import kl_per_state
 from sb3_trpo.common.kl_penalty import adapt_kl_coefficient
@@ -23,8 +23,6 @@ from sb3_trpo.trpo.trpo import (
     PolicyUpdateStats,
     surrogate_objective,
 )
-
-SelfTRPOPenalty = TypeVar("SelfTRPOPenalty", bound="TRPOPenalty")
 
 POLICY_OPTIMIZERS = ("natural", "first_order")
 
@@ -243,21 +241,3 @@ class TRPOPenalty(TRPO):
     def _log_update(self, stats: PolicyUpdateStats, value_losses: list[float]) -> None:
         super()._log_update(stats, value_losses)
         self.logger.record("train/beta", self.beta)
-
-    def learn(
-        self: SelfTRPOPenalty,
-        total_timesteps: int,
-        callback: MaybeCallback = None,
-        log_interval: int = 1,
-        tb_log_name: str = "TRPOPenalty",
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> SelfTRPOPenalty:
-        return super().learn(
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )
