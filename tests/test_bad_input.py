@@ -47,6 +47,7 @@ BAD_HYPERPARAMETERS = [
     ("kl_constraint", "MEAN"),
     ("cg_residual_tol", -1e-10),
     ("fisher_method", "exact"),
+    ("rollout_method", "torch"),
     ("gamma", -0.1),
     ("gamma", 1.5),
     ("gamma", math.nan),

@@ -94,6 +94,7 @@ class TRPOPenalty(TRPO):
         cg_residual_tol: float = 1e-10,
         fisher_method: str = "auto",
         fisher_sub_sampling_factor: int = 1,
+        rollout_method: str = "auto",
         beta: float = 1.0,
         kl_tolerance: float = 1.5,
         beta_factor: float = 2.0,
@@ -156,6 +157,7 @@ class TRPOPenalty(TRPO):
             cg_residual_tol=cg_residual_tol,
             fisher_method=fisher_method,
             fisher_sub_sampling_factor=fisher_sub_sampling_factor,
+            rollout_method=rollout_method,
         )
 
     def _setup_model(self) -> None:
