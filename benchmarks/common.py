@@ -27,7 +27,7 @@ def run_worker(script: Path, args: Sequence[str]) -> dict[str, Any]:
     One process per measurement: no state (imports, caches, allocator pools, RNG) leaks between runs,
     and the process's peak memory is its own. BLAS/OpenMP are limited to one thread, as torch is in the worker.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(tmp) / "result.json"
         command = [sys.executable, str(script), *args, "--worker-output", str(output)]

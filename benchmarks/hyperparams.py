@@ -78,6 +78,14 @@ TRPO_HYPERPARAMS: dict[str, dict[str, Any]] = {
     "Hopper-v5": dict(_TRPO_MUJOCO),
 }
 
+# rl-zoo tuned the MuJoCo target_kl with sb3-contrib's KL, averaged over the action dimensions; ours
+# keeps that meaning with kl_action_reduction="mean" (as our zoo files do), the same trust region.
+# CartPole (discrete) and Pendulum (one dimension) are the same either way.
+OUR_TRPO_HYPERPARAMS: dict[str, dict[str, Any]] = {
+    env_id: {**entry, "kl_action_reduction": "mean"} if env_id.endswith("-v5") else dict(entry)
+    for env_id, entry in TRPO_HYPERPARAMS.items()
+}
+
 _PPO_MUJOCO: dict[str, Any] = {"normalize": True, "n_envs": 1, "n_timesteps": 300_000, "policy": "MlpPolicy"}
 
 PPO_HYPERPARAMS: dict[str, dict[str, Any]] = {
@@ -128,7 +136,8 @@ class AlgorithmSpec:
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
-    "sb3_trpo": AlgorithmSpec("sb3_trpo:TRPO", TRPO_HYPERPARAMS),
+    "sb3_trpo": AlgorithmSpec("sb3_trpo:TRPO", OUR_TRPO_HYPERPARAMS),
+    "sb3_trpo_penalty": AlgorithmSpec("sb3_trpo:TRPOPenalty", OUR_TRPO_HYPERPARAMS),
     "sb3_contrib": AlgorithmSpec("sb3_contrib:TRPO", TRPO_HYPERPARAMS),
     "ppo": AlgorithmSpec("stable_baselines3:PPO", PPO_HYPERPARAMS),
 }

@@ -48,6 +48,7 @@ BAD_HYPERPARAMETERS = [
     ("cg_residual_tol", -1e-10),
     ("fisher_method", "exact"),
     ("rollout_method", "torch"),
+    ("kl_action_reduction", "max"),
     ("gamma", -0.1),
     ("gamma", 1.5),
     ("gamma", math.nan),

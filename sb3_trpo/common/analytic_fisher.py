@@ -197,6 +197,18 @@ def distribution_parameters(distribution: Distribution) -> DistributionParameter
     return _CLOSED_FORMS[type(distribution)][0](distribution)
 
 
+def kl_terms_per_state(distribution: Distribution) -> int:
+    """The number of terms per state of SB3's ``kl_divergence`` for ``distribution``'s type.
+
+    One per action dimension for Gaussian and Bernoulli actions, one for categorical and
+    multi-categorical actions (SB3 sums the latter's terms). The KL averaged over these terms
+    (``kl_per_state(..., action_reduction="mean")``) has the Fisher ``F / kl_terms_per_state``.
+    """
+    if type(distribution) in (CategoricalDistribution, MultiCategoricalDistribution):
+        return 1
+    return distribution_parameters(distribution)[0][0].numel()
+
+
 def fisher_metric(distribution: Distribution) -> FisherMetric:
     """The closed-form ``(η, u) -> M(η) u`` for ``distribution``'s type."""
     return _CLOSED_FORMS[type(distribution)][1]

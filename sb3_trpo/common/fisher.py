@@ -15,15 +15,21 @@ from stable_baselines3.common.distributions import Distribution, kl_divergence
 
 from sb3_trpo.common.natural_gradient import MatrixVectorProduct, flat_grad
 
+KL_ACTION_REDUCTIONS = ("sum", "mean")
 
-def kl_per_state(old: Distribution, new: Distribution) -> th.Tensor:
+
+def kl_per_state(old: Distribution, new: Distribution, action_reduction: str = "sum") -> th.Tensor:
     """``KL(π_old(·|s) ‖ π_new(·|s))`` for each state ``s`` of the batch, shape ``(batch,)``.
 
-    Independent action dimensions add up: the KL of a diagonal Gaussian or of a vector of
-    Bernoullis is the sum over its dimensions, the KL of the joint action distribution.
+    With ``action_reduction="sum"`` independent action dimensions add up: the KL of a diagonal
+    Gaussian or of a vector of Bernoullis is the sum over its dimensions, the KL of the joint action
+    distribution (the paper's). ``"mean"`` averages the terms of SB3's ``kl_divergence`` instead: one
+    per action dimension for Gaussian and Bernoulli actions, a single (already summed) one for
+    categorical and multi-categorical actions; ``sb3_contrib.TRPO``'s ``kl_divergence(...).mean()``.
     """
     kl = kl_divergence(old, new)
-    return kl.reshape(kl.shape[0], -1).sum(dim=1)
+    kl = kl.reshape(kl.shape[0], -1)
+    return kl.mean(dim=1) if action_reduction == "mean" else kl.sum(dim=1)
 
 
 def autograd_fisher_vector_product(kl: th.Tensor, params: Sequence[th.Tensor]) -> MatrixVectorProduct:

@@ -22,9 +22,9 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_trpo.common.analytic_fisher import analytic_fisher_vector_product, supports_analytic_fisher
+from sb3_trpo.common.analytic_fisher import analytic_fisher_vector_product, kl_terms_per_state, supports_analytic_fisher
 from sb3_trpo.common.critic import fast_critic_fit, rollout_minibatches
-from sb3_trpo.common.fisher import autograd_fisher_vector_product, kl_per_state
+from sb3_trpo.common.fisher import KL_ACTION_REDUCTIONS, autograd_fisher_vector_product, kl_per_state
 from sb3_trpo.common.natural_gradient import (
     LineSearchResult,
     MatrixVectorProduct,
@@ -197,6 +197,12 @@ class TRPO(OnPolicyAlgorithm):
         ``"sb3"``, SB3's own ``collect_rollouts``; or ``"auto"`` (default), ``"numpy"`` where the
         policy is covered and ``"sb3"`` otherwise (gSDE, other distributions, custom networks, a GPU).
         Both collect the same rollouts (to float32 rounding), with the same callbacks.
+    :param kl_action_reduction: How the KL of one state adds up over independent action dimensions
+        (diagonal Gaussian and Bernoulli actions): ``"sum"`` (default), the KL of the joint action
+        distribution, as in the paper; or ``"mean"``, averaged over the dimensions, as
+        ``sb3_contrib.TRPO`` does. At the same ``target_kl``, ``"mean"`` lets a ``d``-dimensional
+        policy move about ``d`` times as far in joint KL; use it to reproduce sb3-contrib's runs
+        and rl-zoo's MuJoCo settings, which were tuned with it. Discrete actions are not affected.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -238,6 +244,7 @@ class TRPO(OnPolicyAlgorithm):
         fisher_method: str = "auto",
         fisher_sub_sampling_factor: int = 1,
         rollout_method: str = "auto",
+        kl_action_reduction: str = "sum",
     ):
         self._check_hyperparameters(
             n_steps=n_steps,
@@ -256,6 +263,7 @@ class TRPO(OnPolicyAlgorithm):
             fisher_method=fisher_method,
             fisher_sub_sampling_factor=fisher_sub_sampling_factor,
             rollout_method=rollout_method,
+            kl_action_reduction=kl_action_reduction,
         )
         super().__init__(
             policy,
@@ -295,6 +303,7 @@ class TRPO(OnPolicyAlgorithm):
         self.fisher_method = fisher_method
         self.fisher_sub_sampling_factor = fisher_sub_sampling_factor
         self.rollout_method = rollout_method
+        self.kl_action_reduction = kl_action_reduction
         self.n_critic_updates = n_critic_updates
         self.sub_sampling_factor = sub_sampling_factor
         # Counters of updates skipped because of non-finite numbers; saved with the model.
@@ -347,6 +356,12 @@ class TRPO(OnPolicyAlgorithm):
             "fisher_sub_sampling_factor",
             "an integer >= 1",
             p["fisher_sub_sampling_factor"],
+        )
+        require(
+            p["kl_action_reduction"] in KL_ACTION_REDUCTIONS,
+            "kl_action_reduction",
+            f"one of {KL_ACTION_REDUCTIONS}",
+            p["kl_action_reduction"],
         )
         require(p["rollout_method"] in ROLLOUT_METHODS, "rollout_method", f"one of {ROLLOUT_METHODS}", p["rollout_method"])
 
@@ -461,7 +476,7 @@ class TRPO(OnPolicyAlgorithm):
             with th.no_grad():
                 fisher_old = copy.copy(self._distribution(fisher_batch))
             fisher_distribution = self._distribution(fisher_batch)
-        kl = batch_mean(kl_per_state(fisher_old, fisher_distribution), fisher_batch.mask)
+        kl = batch_mean(self._kl_per_state(fisher_old, fisher_distribution), fisher_batch.mask)
         fisher_vector_product = self._fisher_vector_product(fisher_distribution, kl, actor_params, fisher_batch.mask)
 
         def evaluate() -> PolicyEvaluation:
@@ -481,17 +496,25 @@ class TRPO(OnPolicyAlgorithm):
         """
         if self.fisher_method != "autograd":
             analytic = analytic_fisher_vector_product(distribution, actor_params, mask)
+            if analytic is not None and self.kl_action_reduction == "mean":
+                # The KL averaged over its terms has the Fisher of the joint KL divided by their number.
+                scale, joint = 1.0 / kl_terms_per_state(distribution), analytic
+                return lambda vector: joint(vector) * scale
             if analytic is not None:
                 return analytic
         build_autograd = functools.cache(lambda: autograd_fisher_vector_product(kl, actor_params))
         return lambda vector: build_autograd()(vector)
+
+    def _kl_per_state(self, old: Distribution, new: Distribution) -> th.Tensor:
+        """``KL(π_old(·|s) ‖ π_new(·|s))`` per state, over the action dimensions as ``kl_action_reduction`` says."""
+        return kl_per_state(old, new, self.kl_action_reduction)
 
     def _evaluate(self, candidate: Distribution, old_distribution: Distribution, batch: PolicyBatch) -> PolicyEvaluation:
         objective = surrogate_objective(
             candidate.log_prob(batch.actions), batch.behaviour_log_prob, batch.advantages, batch.mask
         )
         # KL ≥ 0; float32 round-off can put a tiny step's value slightly below.
-        kl = kl_per_state(old_distribution, candidate).clamp_min(0.0)
+        kl = self._kl_per_state(old_distribution, candidate).clamp_min(0.0)
         kl_max = (kl if batch.mask is None else kl[batch.mask]).max()
         return PolicyEvaluation(objective.item(), batch_mean(kl, batch.mask).item(), kl_max.item())
 
@@ -586,7 +609,7 @@ class TRPO(OnPolicyAlgorithm):
             )
             return value_losses
         if type(self)._value_loss is TRPO._value_loss:
-            # SB3's standard MLP critic with Adam: the same steps, bit for bit, without autograd's overhead.
+            # SB3's standard MLP critic with Adam: the same steps (to float32 rounding), without autograd's overhead.
             minibatches = rollout_minibatches(self.rollout_buffer, self.batch_size, self.n_critic_updates)
             result = fast_critic_fit(self.policy, self.policy.optimizer, minibatches)
             if result is not None:

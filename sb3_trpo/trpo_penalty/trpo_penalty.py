@@ -11,7 +11,6 @@ from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
-from sb3_trpo.common.fisher import kl_per_state
 from sb3_trpo.common.kl_penalty import adapt_kl_coefficient
 from sb3_trpo.common.natural_gradient import restore_params
 from sb3_trpo.common.reduction import batch_mean
@@ -95,6 +94,7 @@ class TRPOPenalty(TRPO):
         fisher_method: str = "auto",
         fisher_sub_sampling_factor: int = 1,
         rollout_method: str = "auto",
+        kl_action_reduction: str = "sum",
         beta: float = 1.0,
         kl_tolerance: float = 1.5,
         beta_factor: float = 2.0,
@@ -158,6 +158,7 @@ class TRPOPenalty(TRPO):
             fisher_method=fisher_method,
             fisher_sub_sampling_factor=fisher_sub_sampling_factor,
             rollout_method=rollout_method,
+            kl_action_reduction=kl_action_reduction,
         )
 
     def _setup_model(self) -> None:
@@ -217,7 +218,7 @@ class TRPOPenalty(TRPO):
             objective = surrogate_objective(
                 distribution.log_prob(minibatch.actions), minibatch.behaviour_log_prob, minibatch.advantages, minibatch.mask
             )
-            loss = -(objective - self.beta * batch_mean(kl_per_state(old_distribution, distribution), minibatch.mask))
+            loss = -(objective - self.beta * batch_mean(self._kl_per_state(old_distribution, distribution), minibatch.mask))
             self.policy_adam.zero_grad()
             loss.backward()
             gradients = [param.grad for param in problem.actor_params if param.grad is not None]
