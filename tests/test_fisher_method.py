@@ -46,7 +46,9 @@ def test_auto_uses_the_closed_form_for_sb3_distributions_and_autograd_otherwise(
         return product
 
     monkeypatch.setattr(trpo_module, "analytic_fisher_vector_product", spy)
-    TRPO("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=64, n_critic_updates=0).learn(64)
+    # SiLU: not the hand-written MLP product (tests/test_mlp_fisher.py), the closed form through autograd.
+    silu = {"activation_fn": th.nn.SiLU}
+    TRPO("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=64, n_critic_updates=0, policy_kwargs=silu).learn(64)
     TRPO(CustomPolicy, "Pendulum-v1", n_steps=64, batch_size=64, n_critic_updates=0).learn(64)
     TRPO("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=64, n_critic_updates=0, fisher_method="autograd").learn(64)
     assert calls == [True, False]

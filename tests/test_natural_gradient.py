@@ -41,6 +41,14 @@ def test_conjugate_gradient_stops_on_residual_tolerance():
     assert th.allclose(result.solution, b / 4.0)
 
 
+def test_conjugate_gradient_stops_on_breakdown_instead_of_writing_nan():
+    # float32 with residual_tol=0: ‖r‖² > 0 still, but pᵀAp underflows to 0, so α would be inf.
+    b = th.tensor([1e-20, -1e-20], dtype=th.float32)
+    result = conjugate_gradient(lambda v: 1e-30 * v, b, max_steps=50, residual_tol=0.0)
+    assert th.isfinite(result.solution).all()
+    assert result.iterations == 0
+
+
 def test_conjugate_gradient_respects_max_steps():
     a = random_spd(30, 3, condition=1e4)
     b = th.ones(30, dtype=th.float64)

@@ -79,7 +79,9 @@ def conjugate_gradient(
         x_{k+1} = x_k + α_k p_k,   r_{k+1} = r_k − α_k A p_k
         β_k = r_{k+1}ᵀ r_{k+1} / r_kᵀ r_k,   p_{k+1} = r_{k+1} + β_k p_k
 
-    and stops after ``max_steps`` products with ``A`` or once ``‖r‖² ≤ residual_tol``. In exact
+    and stops after ``max_steps`` products with ``A``, once ``‖r‖² ≤ residual_tol``, or when the
+    iteration breaks down (``p_kᵀ A p_k`` not positive or ``α_k`` not finite, which round-off causes
+    once ``r`` is exhausted, e.g. with ``residual_tol = 0``), keeping ``x_k``. In exact
     arithmetic it solves an ``n``-dimensional system in ``n`` steps; TRPO stops far earlier, which
     is what makes the natural gradient affordable.
 
@@ -97,6 +99,8 @@ def conjugate_gradient(
     while iterations < max_steps and residual_sq.item() > residual_tol:
         a_direction = matrix_vector_product(direction)
         alpha = residual_sq / th.dot(direction, a_direction)
+        if not (math.isfinite(alpha_value := alpha.item()) and alpha_value > 0.0):
+            break  # breakdown: no more progress along a conjugate direction
         x += alpha * direction
         residual -= alpha * a_direction
         new_residual_sq = th.dot(residual, residual)

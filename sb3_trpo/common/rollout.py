@@ -183,12 +183,28 @@ def _mlp_unsupported(name: str, sequential: nn.Module) -> str | None:
 def numpy_actor_critic_unsupported(policy: nn.Module) -> str | None:
     """Why :class:`NumpyActorCritic` cannot stand in for ``policy``, or None if it can.
 
-    Covered: an SB3 ``ActorCriticPolicy`` whose ``forward``, ``predict_values`` and the methods they
-    call are SB3's own, on a CPU, with float32 parameters and no module hooks; a ``Box`` (image
-    normalisation included) or ``Discrete`` observation space read by a parameter-free
-    ``FlattenExtractor`` (shared or not); ``MlpExtractor``'s ``policy_net`` and ``value_net`` of
-    ``(nn.Linear, Tanh | ReLU | LeakyReLU | ELU)`` pairs, ``action_net`` and ``value_net`` linear; and
-    a diagonal Gaussian (without gSDE or squashing) or categorical action distribution.
+    Covered: SB3's MLP actor-critic (see :func:`mlp_actor_critic_unsupported`) on the CPU, with
+    float32 parameters.
+    """
+    reason = mlp_actor_critic_unsupported(policy)
+    if reason is not None:
+        return reason
+    if policy.device.type != "cpu":
+        return f"the policy is on {policy.device}, not the CPU"
+    if not all(p.dtype == th.float32 for p in policy.parameters()):
+        return "the policy's parameters are not all float32"
+    return None
+
+
+def mlp_actor_critic_unsupported(policy: nn.Module) -> str | None:
+    """Why ``policy`` is not SB3's standard MLP actor-critic, or None if it is.
+
+    That is: an SB3 ``ActorCriticPolicy`` whose ``forward``, ``predict_values`` and the methods they
+    call are SB3's own, without module hooks; a ``Box`` (image normalisation included) or
+    ``Discrete`` observation space read by a parameter-free ``FlattenExtractor`` (shared or not);
+    ``MlpExtractor``'s ``policy_net`` and ``value_net`` of ``(nn.Linear, Tanh | ReLU | LeakyReLU | ELU)``
+    pairs, ``action_net`` and ``value_net`` linear; and a diagonal Gaussian (without gSDE or
+    squashing) or categorical action distribution.
     """
     if not isinstance(policy, ActorCriticPolicy):
         return f"the policy is a {type(policy).__name__}, not an ActorCriticPolicy"
@@ -200,10 +216,6 @@ def numpy_actor_critic_unsupported(policy: nn.Module) -> str | None:
         return f"{kind.__name__} overrides obs_to_tensor"
     if getattr(super(ActorCriticPolicy, policy).extract_features, "__func__", None) is not BaseModel.extract_features:
         return "the policy's extract_features is not BaseModel's"
-    if policy.device.type != "cpu":
-        return f"the policy is on {policy.device}, not the CPU"
-    if not all(p.dtype == th.float32 for p in policy.parameters()):
-        return "the policy's parameters are not all float32"
     if not isinstance(policy.observation_space, (spaces.Box, spaces.Discrete)):
         return f"the observation space is a {type(policy.observation_space).__name__}, not a Box or Discrete"
     for extractor in {id(e): e for e in (policy.pi_features_extractor, policy.vf_features_extractor)}.values():

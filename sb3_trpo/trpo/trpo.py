@@ -25,6 +25,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from sb3_trpo.common.analytic_fisher import analytic_fisher_vector_product, kl_terms_per_state, supports_analytic_fisher
 from sb3_trpo.common.critic import fast_critic_fit, rollout_minibatches
 from sb3_trpo.common.fisher import KL_ACTION_REDUCTIONS, autograd_fisher_vector_product, kl_per_state
+from sb3_trpo.common.mlp_fisher import mlp_actor_unsupported, policy_mlp_fisher_vector_product
 from sb3_trpo.common.natural_gradient import (
     LineSearchResult,
     MatrixVectorProduct,
@@ -132,9 +133,10 @@ class TRPO(OnPolicyAlgorithm):
 
     Each update maximises the importance-sampled surrogate ``L(θ) = E[π_θ(a|s)/β(a|s) · Â(s,a)]``
     subject to ``KL(π_θold ‖ π_θ) <= target_kl`` on the states of the batch: the natural gradient
-    ``x ≈ (F + λI)⁻¹ g`` by conjugate gradient on Fisher-vector products, scaled to the trust-region
-    boundary ``Δ = sqrt(2 δ / xᵀFx) · x``, then a backtracking line search that accepts only a step
-    that improves ``L`` and stays in the region (the parameters are restored exactly otherwise).
+    ``x ≈ (F + λI)⁻¹ g`` by conjugate gradient on Fisher-vector products, scaled to the boundary of
+    the (damped) quadratic trust region ``Δ = sqrt(2 δ / xᵀ(F + λI)x) · x``, then a backtracking line
+    search that accepts only a step that improves ``L`` and stays in the region (the parameters are
+    restored exactly otherwise).
     The critic is then fitted by regression on the GAE returns; its updates never move the actor's
     parameters, also when a features extractor is shared.
 
@@ -477,7 +479,7 @@ class TRPO(OnPolicyAlgorithm):
                 fisher_old = copy.copy(self._distribution(fisher_batch))
             fisher_distribution = self._distribution(fisher_batch)
         kl = batch_mean(self._kl_per_state(fisher_old, fisher_distribution), fisher_batch.mask)
-        fisher_vector_product = self._fisher_vector_product(fisher_distribution, kl, actor_params, fisher_batch.mask)
+        fisher_vector_product = self._fisher_vector_product(fisher_distribution, kl, actor_params, fisher_batch)
 
         def evaluate() -> PolicyEvaluation:
             with th.no_grad():
@@ -488,14 +490,22 @@ class TRPO(OnPolicyAlgorithm):
         return NaturalGradientProblem(actor_params, gradient, fisher_vector_product, before, evaluate)
 
     def _fisher_vector_product(
-        self, distribution: Distribution, kl: th.Tensor, actor_params: list[th.nn.Parameter], mask: th.Tensor | None
+        self, distribution: Distribution, kl: th.Tensor, actor_params: list[th.nn.Parameter], batch: PolicyBatch
     ) -> MatrixVectorProduct:
         """``v -> F v`` at ``θ_old``: closed form ``Jᵀ M J v`` when the distribution has one, else autograd.
 
-        Both are built on first use, so a step that never needs ``F`` never pays for it.
+        The closed form is written out by hand for SB3's MLP actor (no autograd at all), and taken
+        through autograd's graph for other networks. All are built on first use, so a step that never
+        needs ``F`` never pays for it.
         """
+        mask = batch.mask
         if self.fisher_method != "autograd":
-            analytic = analytic_fisher_vector_product(distribution, actor_params, mask)
+            analytic: MatrixVectorProduct | None = None
+            # By hand only where ``distribution`` is the policy's own on the batch's observations.
+            if type(self)._distribution is TRPO._distribution and mlp_actor_unsupported(self.policy, actor_params) is None:
+                analytic = self._mlp_fisher_vector_product(actor_params, batch)
+            if analytic is None:
+                analytic = analytic_fisher_vector_product(distribution, actor_params, mask)
             if analytic is not None and self.kl_action_reduction == "mean":
                 # The KL averaged over its terms has the Fisher of the joint KL divided by their number.
                 scale, joint = 1.0 / kl_terms_per_state(distribution), analytic
@@ -504,6 +514,17 @@ class TRPO(OnPolicyAlgorithm):
                 return analytic
         build_autograd = functools.cache(lambda: autograd_fisher_vector_product(kl, actor_params))
         return lambda vector: build_autograd()(vector)
+
+    def _mlp_fisher_vector_product(self, actor_params: list[th.nn.Parameter], batch: PolicyBatch) -> MatrixVectorProduct:
+        """The hand-written ``v -> F v`` of SB3's MLP actor on ``batch``, built at the first call."""
+
+        @functools.cache
+        def build() -> MatrixVectorProduct:
+            product = policy_mlp_fisher_vector_product(self.policy, batch.observations, actor_params, batch.mask)
+            assert product is not None  # checked by the caller with mlp_actor_unsupported
+            return product
+
+        return lambda vector: build()(vector)
 
     def _kl_per_state(self, old: Distribution, new: Distribution) -> th.Tensor:
         """``KL(π_old(·|s) ‖ π_new(·|s))`` per state, over the action dimensions as ``kl_action_reduction`` says."""
@@ -537,9 +558,11 @@ class TRPO(OnPolicyAlgorithm):
         direction = cg.solution
         if not th.isfinite(direction).all():
             return self._skip_policy_update("non-finite conjugate-gradient direction", problem), problem.actor_params
-        curvature = th.dot(direction, problem.fisher_vector_product(direction)).item()
+        # The curvature of the damped model the direction solves: x = (F + λI)⁻¹ g maximises gᵀΔ subject
+        # to ½ Δᵀ(F + λI)Δ ≤ δ along s·x, as in the reference implementations (and sb3-contrib).
+        curvature = th.dot(direction, problem.fisher_vector_product(direction) + self.cg_damping * direction).item()
         if not (math.isfinite(curvature) and curvature > 0.0):
-            reason = f"non-positive or non-finite curvature xᵀFx = {curvature:.3g}"
+            reason = f"non-positive or non-finite curvature xᵀ(F + λI)x = {curvature:.3g}"
             return self._skip_policy_update(reason, problem), problem.actor_params
         full_step = self._step_length(curvature) * direction
 
@@ -556,7 +579,7 @@ class TRPO(OnPolicyAlgorithm):
         return stats, problem.actor_params
 
     def _step_length(self, curvature: float) -> float:
-        """TRPO's step length: ``sqrt(2δ / xᵀFx)``, the boundary of the quadratic trust region."""
+        """TRPO's step length: ``sqrt(2δ / xᵀ(F + λI)x)``, the boundary of the damped quadratic trust region."""
         return trust_region_step_scale(curvature, self.target_kl)
 
     def _is_acceptable(self, candidate: PolicyEvaluation, before: PolicyEvaluation) -> bool:

@@ -1,0 +1,202 @@
+"""Fisher-vector products of SB3's MLP actor written out by hand: ``F v = Jᵀ M J v`` without autograd.
+
+:mod:`sb3_trpo.common.analytic_fisher` computes ``J v`` and ``Jᵀ u`` with autograd on the policy's
+graph, for any network. For SB3's standard actor (flatten → ``Linear``/activation pairs →
+``action_net``) the two products are a few matrix products per layer, and autograd's bookkeeping
+around them costs about as much as the arithmetic on HalfCheetah-sized batches. Here, with the
+activations ``a_l`` and derivatives ``D_l = φ'(h_l)`` of one forward pass at ``θ_old``:
+
+- ``J v`` (forward tangent): ``z_l = a_{l−1} dW_lᵀ + db_l + t_{l−1} W_lᵀ``, ``t_l = D_l ⊙ z_l``, and
+  ``J v = z_L`` for the distribution's parameters ``η`` (the mean, or the logits);
+- ``u = w ⊙ M (J v)`` per state, with the closed-form metric ``M`` (``1/σ²`` for a Gaussian mean,
+  ``diag(p) − p pᵀ`` for logits) and ``w`` the weights of the mean over states;
+- ``Jᵀ u`` (backward): ``g_L = u``, ``∂W_l = g_lᵀ a_{l−1}``, ``∂b_l = Σ_s g_l``,
+  ``g_{l−1} = (g_l W_l) ⊙ D_{l−1}``;
+- the state-independent log-std of SB3's Gaussian adds its own block, ``2 (Σ_s w_s) v``.
+
+These are the products autograd computes through the same layers, so both agree to rounding
+(``tests/test_mlp_fisher.py`` checks against the autograd and analytic products in float64).
+:func:`policy_mlp_fisher_vector_product` recognises the actor; anything else returns ``None`` and the
+caller keeps the autograd-based products.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch as th
+from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.type_aliases import PyTorchObs
+from torch import nn
+
+from sb3_trpo.common.analytic_fisher import _mean_weights
+from sb3_trpo.common.natural_gradient import MatrixVectorProduct, flat_concat
+from sb3_trpo.common.rollout import mlp_actor_critic_unsupported
+
+Tensor = th.Tensor
+# (pre-activation h, activation a) -> φ'(h), computed from whichever the formula needs.
+Derivative = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class HiddenLayer:
+    """A hidden layer ``a = φ(h)``, ``h = a_prev Wᵀ + b``, with what its derivative needs."""
+
+    linear: nn.Linear
+    activation: nn.Module
+    derivative: Derivative
+
+
+def _derivative(activation: nn.Module) -> Derivative | None:
+    """``φ'(h)`` for the activations SB3 users pick, or None."""
+    kind = type(activation)
+    if kind is nn.Tanh:
+        return lambda h, a: 1 - a * a
+    if kind is nn.ReLU:
+        return lambda h, a: (h > 0).to(h.dtype)
+    if kind is nn.LeakyReLU:
+        slope = float(activation.negative_slope)  # type: ignore[arg-type]
+        return lambda h, a: th.where(h > 0, th.ones_like(h), th.full_like(h, slope))
+    if kind is nn.ELU:
+        alpha = float(activation.alpha)  # type: ignore[arg-type]
+        return lambda h, a: th.where(h > 0, th.ones_like(h), a + alpha)
+    return None
+
+
+def mlp_jacobian_fisher_vector_product(
+    hidden: Sequence[HiddenLayer],
+    output: nn.Linear,
+    x: Tensor,
+    metric: Callable[[Tensor, Tensor], Tensor],
+    state_weights: Tensor,
+    params: Sequence[Tensor],
+    log_std: Tensor | None = None,
+) -> MatrixVectorProduct:
+    """``v -> F v`` for ``η = output(φ(… φ(x W_1ᵀ + b_1) …))``, with ``F = Σ_s w_s J_sᵀ M_s J_s``.
+
+    :param hidden: the hidden layers, input side first
+    :param output: the linear layer that gives the distribution parameters ``η``
+    :param x: the inputs (features), ``(N, n_0)``
+    :param metric: ``(η, z) -> M(η) z`` state by state
+    :param state_weights: ``w_s``, the weight of each state in the mean over the batch
+    :param params: ``θ``, the flat vector's order; each must be a weight or bias of the layers, or ``log_std``
+    :param log_std: SB3's state-independent log-std of a Gaussian (its block is ``2 Σ_s w_s · I``)
+    """
+    linears = [layer.linear for layer in hidden] + [output]
+    # θ_old's weights, kept: the products stay F(θ_old)'s while a line search moves the parameters.
+    layer_weights = [linear.weight.detach().clone() for linear in linears]
+    derivatives: list[Tensor] = []
+    with th.no_grad():
+        inputs = [x]
+        for layer in hidden:
+            pre_activation = layer.linear(inputs[-1])
+            activation = layer.activation(pre_activation)
+            derivatives.append(layer.derivative(pre_activation, activation))
+            inputs.append(activation)
+        eta = output(inputs[-1])
+    weights = state_weights.view(-1, 1)
+    total_weight = state_weights.sum()
+    index = {id(p): i for i, p in enumerate(params)}
+    sizes = [p.numel() for p in params]
+
+    def block(chunks: Sequence[Tensor], param: Tensor | None) -> Tensor | None:
+        if param is None or id(param) not in index:
+            return None
+        return chunks[index[id(param)]].view_as(param)
+
+    def fisher_vector_product(vector: Tensor) -> Tensor:
+        chunks = th.split(vector, sizes)
+        out: list[Tensor | None] = [None] * len(params)
+        with th.no_grad():
+            # J v, layer by layer: the tangent of the pre-activations.
+            tangent = th.zeros_like(x[:, :0])  # the input does not depend on θ
+            for layer_index, linear in enumerate(linears):
+                z = th.zeros(x.shape[0], linear.out_features, dtype=x.dtype, device=x.device)
+                if layer_index > 0:
+                    z = tangent @ layer_weights[layer_index].t()
+                d_weight, d_bias = block(chunks, linear.weight), block(chunks, linear.bias)
+                if d_weight is not None:
+                    z = z.addmm_(inputs[layer_index], d_weight.t())
+                if d_bias is not None:
+                    z = z.add_(d_bias)
+                tangent = derivatives[layer_index] * z if layer_index < len(hidden) else z
+            # Jᵀ (w ⊙ M J v), layer by layer backwards.
+            grad = weights * metric(eta, tangent)
+            for layer_index in range(len(linears) - 1, -1, -1):
+                linear = linears[layer_index]
+                if id(linear.weight) in index:
+                    out[index[id(linear.weight)]] = grad.t() @ inputs[layer_index]
+                if linear.bias is not None and id(linear.bias) in index:
+                    out[index[id(linear.bias)]] = grad.sum(dim=0)
+                if layer_index > 0:
+                    grad = (grad @ layer_weights[layer_index]) * derivatives[layer_index - 1]
+            if log_std is not None and id(log_std) in index:
+                out[index[id(log_std)]] = 2 * total_weight * chunks[index[id(log_std)]].view_as(log_std)
+        return flat_concat([th.zeros_like(p) if g is None else g for g, p in zip(out, params, strict=True)])
+
+    return fisher_vector_product
+
+
+def _gaussian_mean_metric(std: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    inverse_variance = 1 / (std * std)
+    return lambda eta, z: z * inverse_variance
+
+
+def _categorical_metric(eta: Tensor, z: Tensor) -> Tensor:
+    probs = th.softmax(eta, dim=-1)
+    return probs * z - probs * (probs * z).sum(dim=-1, keepdim=True)
+
+
+def mlp_actor_unsupported(policy: nn.Module, params: Sequence[Tensor]) -> str | None:
+    """Why :func:`policy_mlp_fisher_vector_product` cannot compute ``policy``'s products for ``params``, or None."""
+    if not isinstance(policy, ActorCriticPolicy):
+        return f"the policy is a {type(policy).__name__}, not an ActorCriticPolicy"
+    if type(policy).get_distribution is not ActorCriticPolicy.get_distribution:
+        return f"{type(policy).__name__} overrides get_distribution"
+    reason = mlp_actor_critic_unsupported(policy)
+    if reason is not None:
+        return reason
+    actor = _actor_params(policy)
+    if {id(p) for p in params} - {id(p) for p in actor}:
+        return "some parameters of the policy step are not the MLP actor's"
+    return None
+
+
+def _actor_params(policy: ActorCriticPolicy) -> list[Tensor]:
+    modules = [*policy.mlp_extractor.policy_net, policy.action_net]
+    params = [p for module in modules for p in module.parameters()]
+    return [*params, policy.log_std] if isinstance(policy.action_dist, DiagGaussianDistribution) else params
+
+
+def policy_mlp_fisher_vector_product(
+    policy: nn.Module, observations: PyTorchObs, params: Sequence[Tensor], mask: Tensor | None = None
+) -> MatrixVectorProduct | None:
+    """``v -> F v`` of SB3's MLP actor on ``observations`` (mean over the states), or None if not covered.
+
+    The same product as :func:`~sb3_trpo.common.analytic_fisher.analytic_fisher_vector_product` (and
+    the autograd one) for the Fisher of the mean KL of the joint action distribution, at the
+    parameters the policy has now.
+    """
+    if mlp_actor_unsupported(policy, params) is not None:
+        return None
+    assert isinstance(policy, ActorCriticPolicy)
+    params = list(params)
+    sequential = list(policy.mlp_extractor.policy_net)
+    hidden = [
+        HiddenLayer(linear, activation, _derivative(activation))  # type: ignore[arg-type]
+        for linear, activation in zip(sequential[0::2], sequential[1::2], strict=True)
+    ]
+    with th.no_grad():
+        inputs = preprocess_obs(observations, policy.observation_space, policy.normalize_images)
+        # SB3's preprocessing casts to float32; the layers may be float64 (the tests' exact checks).
+        features = policy.pi_features_extractor(inputs).to(policy.action_net.weight.dtype)
+    state_weights = _mean_weights(features[:, 0], mask)
+    if isinstance(policy.action_dist, DiagGaussianDistribution):
+        log_std = policy.log_std
+        metric = _gaussian_mean_metric(log_std.detach().exp())
+        return mlp_jacobian_fisher_vector_product(hidden, policy.action_net, features, metric, state_weights, params, log_std)  # type: ignore[arg-type]
+    assert isinstance(policy.action_dist, CategoricalDistribution)
+    return mlp_jacobian_fisher_vector_product(hidden, policy.action_net, features, _categorical_metric, state_weights, params)  # type: ignore[arg-type]
