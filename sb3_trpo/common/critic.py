@@ -486,7 +486,7 @@ def all_finite(*tensors: Tensor) -> bool:
 _ADAM_STATE_KEYS = {"step", "exp_avg", "exp_avg_sq"}
 
 
-def _has_hooks(modules: Iterable[nn.Module]) -> bool:
+def has_module_hooks(modules: Iterable[nn.Module]) -> bool:
     """Whether a module hook could change what these modules compute or what their backward passes produce."""
     hooks = th.nn.modules.module
     if any(
@@ -505,12 +505,25 @@ def _has_hooks(modules: Iterable[nn.Module]) -> bool:
     )
 
 
+def is_plain_flatten_extractor(extractor: nn.Module) -> bool:
+    """Whether ``extractor`` is SB3's parameter-free ``FlattenExtractor`` (``flatten(start_dim=1)``), exactly."""
+    from stable_baselines3.common.torch_layers import FlattenExtractor
+
+    flatten = getattr(extractor, "flatten", None)
+    return (
+        type(extractor) is FlattenExtractor
+        and type(flatten) is nn.Flatten
+        and (flatten.start_dim, flatten.end_dim) == (1, -1)
+        and not any(True for _ in extractor.parameters())
+    )
+
+
 def _sb3_critic(policy: nn.Module) -> tuple[list[nn.Linear], list[Activation]] | str:
     """The linear layers and activations of SB3's standard value path, or why ``policy`` does not have it."""
     # Imported here: the core above stays free of Stable-Baselines3.
     from gymnasium import spaces
     from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
-    from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
+    from stable_baselines3.common.torch_layers import MlpExtractor
 
     if not isinstance(policy, ActorCriticPolicy):
         return f"the policy is a {type(policy).__name__}, not an ActorCriticPolicy"
@@ -521,13 +534,7 @@ def _sb3_critic(policy: nn.Module) -> tuple[list[nn.Linear], list[Activation]] |
     if not isinstance(policy.observation_space, spaces.Box):
         return f"the observation space is a {type(policy.observation_space).__name__}, not a Box"
     extractor = policy.vf_features_extractor
-    flatten = getattr(extractor, "flatten", None)
-    if (
-        type(extractor) is not FlattenExtractor
-        or type(flatten) is not nn.Flatten
-        or (flatten.start_dim, flatten.end_dim) != (1, -1)
-        or any(True for _ in extractor.parameters())
-    ):
+    if not is_plain_flatten_extractor(extractor):
         return f"the value features extractor is a {type(extractor).__name__}, not a parameter-free FlattenExtractor"
     mlp_extractor = policy.mlp_extractor
     if not isinstance(mlp_extractor, MlpExtractor) or type(mlp_extractor).forward_critic is not MlpExtractor.forward_critic:
@@ -543,7 +550,7 @@ def _sb3_critic(policy: nn.Module) -> tuple[list[nn.Linear], list[Activation]] |
     value_net = policy.value_net
     if type(value_net) is not nn.Linear or value_net.out_features != 1 or value_net.bias is None:
         return "policy.value_net is not an nn.Linear(…, 1) with bias"
-    if _has_hooks([extractor, hidden, value_net]):
+    if has_module_hooks([extractor, hidden, value_net]):
         return "the value path has module hooks"
     return [*linears, value_net], [a for a in activations if a is not None]
 

@@ -33,7 +33,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 
 from sb3_trpo.common.analytic_fisher import _mean_weights
-from sb3_trpo.common.natural_gradient import MatrixVectorProduct, flat_concat
+from sb3_trpo.common.natural_gradient import MatrixVectorProduct
 from sb3_trpo.common.rollout import mlp_actor_critic_unsupported
 
 Tensor = th.Tensor
@@ -70,7 +70,7 @@ def mlp_jacobian_fisher_vector_product(
     hidden: Sequence[HiddenLayer],
     output: nn.Linear,
     x: Tensor,
-    metric: Callable[[Tensor, Tensor], Tensor],
+    metric: Callable[[Tensor], Callable[[Tensor], Tensor]],
     state_weights: Tensor,
     params: Sequence[Tensor],
     log_std: Tensor | None = None,
@@ -80,7 +80,7 @@ def mlp_jacobian_fisher_vector_product(
     :param hidden: the hidden layers, input side first
     :param output: the linear layer that gives the distribution parameters ``η``
     :param x: the inputs (features), ``(N, n_0)``
-    :param metric: ``(η, z) -> M(η) z`` state by state
+    :param metric: ``η -> (z -> M(η) z)``, state by state (its constants computed once, from ``η``)
     :param state_weights: ``w_s``, the weight of each state in the mean over the batch
     :param params: ``θ``, the flat vector's order; each must be a weight or bias of the layers, or ``log_std``
     :param log_std: SB3's state-independent log-std of a Gaussian (its block is ``2 Σ_s w_s · I``)
@@ -107,47 +107,59 @@ def mlp_jacobian_fisher_vector_product(
             return None
         return chunks[index[id(param)]].view_as(param)
 
+    apply_metric = metric(eta)
+    n_states = x.shape[0]
+
     def fisher_vector_product(vector: Tensor) -> Tensor:
         chunks = th.split(vector, sizes)
-        out: list[Tensor | None] = [None] * len(params)
+        result = th.zeros_like(vector)  # blocks of parameters the layers do not use stay 0
+        out = [chunk.view_as(p) for chunk, p in zip(th.split(result, sizes), params, strict=True)]
         with th.no_grad():
-            # J v, layer by layer: the tangent of the pre-activations.
-            tangent = th.zeros_like(x[:, :0])  # the input does not depend on θ
+            # J v, layer by layer: z_l = a_{l−1} dW_lᵀ + db_l + t_{l−1} W_lᵀ (t_0 = 0), t_l = φ'(h_l) ⊙ z_l.
+            tangent: Tensor | None = None
             for layer_index, linear in enumerate(linears):
-                z = th.zeros(x.shape[0], linear.out_features, dtype=x.dtype, device=x.device)
-                if layer_index > 0:
-                    z = tangent @ layer_weights[layer_index].t()
+                z = None if tangent is None else th.mm(tangent, layer_weights[layer_index].t())
                 d_weight, d_bias = block(chunks, linear.weight), block(chunks, linear.bias)
                 if d_weight is not None:
-                    z = z.addmm_(inputs[layer_index], d_weight.t())
+                    z = th.mm(inputs[layer_index], d_weight.t()) if z is None else z.addmm_(inputs[layer_index], d_weight.t())
                 if d_bias is not None:
-                    z = z.add_(d_bias)
-                tangent = derivatives[layer_index] * z if layer_index < len(hidden) else z
+                    z = d_bias.expand(n_states, -1).clone() if z is None else z.add_(d_bias)
+                if z is None:
+                    z = th.zeros(n_states, linear.out_features, dtype=x.dtype, device=x.device)
+                tangent = z.mul_(derivatives[layer_index]) if layer_index < len(hidden) else z
+            assert tangent is not None
             # Jᵀ (w ⊙ M J v), layer by layer backwards.
-            grad = weights * metric(eta, tangent)
+            grad = apply_metric(tangent).mul_(weights)
             for layer_index in range(len(linears) - 1, -1, -1):
                 linear = linears[layer_index]
                 if id(linear.weight) in index:
-                    out[index[id(linear.weight)]] = grad.t() @ inputs[layer_index]
+                    th.mm(grad.t(), inputs[layer_index], out=out[index[id(linear.weight)]])
                 if linear.bias is not None and id(linear.bias) in index:
-                    out[index[id(linear.bias)]] = grad.sum(dim=0)
+                    th.sum(grad, dim=0, out=out[index[id(linear.bias)]])
                 if layer_index > 0:
-                    grad = (grad @ layer_weights[layer_index]) * derivatives[layer_index - 1]
+                    grad = th.mm(grad, layer_weights[layer_index]).mul_(derivatives[layer_index - 1])
             if log_std is not None and id(log_std) in index:
-                out[index[id(log_std)]] = 2 * total_weight * chunks[index[id(log_std)]].view_as(log_std)
-        return flat_concat([th.zeros_like(p) if g is None else g for g, p in zip(out, params, strict=True)])
+                th.mul(chunks[index[id(log_std)]].view_as(log_std), 2 * total_weight, out=out[index[id(log_std)]])
+        return result
 
     return fisher_vector_product
 
 
-def _gaussian_mean_metric(std: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+def _gaussian_mean_metric(std: Tensor) -> Callable[[Tensor], Callable[[Tensor], Tensor]]:
+    """``M z = z / σ²`` for the mean of SB3's Gaussian (σ is state-independent)."""
     inverse_variance = 1 / (std * std)
-    return lambda eta, z: z * inverse_variance
+    return lambda eta: lambda z: z * inverse_variance
 
 
-def _categorical_metric(eta: Tensor, z: Tensor) -> Tensor:
+def _categorical_metric(eta: Tensor) -> Callable[[Tensor], Tensor]:
+    """``M z = p ⊙ z − p (pᵀz)`` in the logits, ``p = softmax(η)``."""
     probs = th.softmax(eta, dim=-1)
-    return probs * z - probs * (probs * z).sum(dim=-1, keepdim=True)
+
+    def apply(z: Tensor) -> Tensor:
+        weighted = probs * z
+        return weighted.sub_(probs * weighted.sum(dim=-1, keepdim=True))
+
+    return apply
 
 
 def mlp_actor_unsupported(policy: nn.Module, params: Sequence[Tensor]) -> str | None:

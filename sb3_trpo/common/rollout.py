@@ -38,8 +38,10 @@ from gymnasium import spaces
 from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel, BasePolicy
 from stable_baselines3.common.preprocessing import is_image_space
-from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
+from stable_baselines3.common.torch_layers import MlpExtractor
 from torch import nn
+
+from sb3_trpo.common.critic import has_module_hooks, is_plain_flatten_extractor
 
 if TYPE_CHECKING:
     from stable_baselines3.common.buffers import RolloutBuffer
@@ -218,14 +220,8 @@ def mlp_actor_critic_unsupported(policy: nn.Module) -> str | None:
         return "the policy's extract_features is not BaseModel's"
     if not isinstance(policy.observation_space, (spaces.Box, spaces.Discrete)):
         return f"the observation space is a {type(policy.observation_space).__name__}, not a Box or Discrete"
-    for extractor in {id(e): e for e in (policy.pi_features_extractor, policy.vf_features_extractor)}.values():
-        flatten = getattr(extractor, "flatten", None)
-        if (
-            type(extractor) is not FlattenExtractor
-            or type(flatten) is not nn.Flatten
-            or (flatten.start_dim, flatten.end_dim) != (1, -1)
-            or any(True for _ in extractor.parameters())
-        ):
+    for extractor in (policy.pi_features_extractor, policy.vf_features_extractor):
+        if not is_plain_flatten_extractor(extractor):
             return f"the features extractor is a {type(extractor).__name__}, not a parameter-free FlattenExtractor"
     if type(policy.mlp_extractor) is not MlpExtractor:
         return f"the mlp_extractor is a {type(policy.mlp_extractor).__name__}, not SB3's MlpExtractor"
@@ -237,15 +233,9 @@ def mlp_actor_critic_unsupported(policy: nn.Module) -> str | None:
         return "action_net or value_net is not an nn.Linear"
     if type(policy.action_dist) not in (DiagGaussianDistribution, CategoricalDistribution):
         return f"the action distribution is a {type(policy.action_dist).__name__}, not a diagonal Gaussian or categorical"
-    if any(_has_hooks(module) for module in policy.modules()):
+    if has_module_hooks([policy]):
         return "the policy has module hooks"
     return None
-
-
-def _has_hooks(module: nn.Module) -> bool:
-    return bool(
-        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
-    ) or bool(getattr(nn.modules.module, "_global_forward_hooks", None))
 
 
 def collect_rollouts_numpy(
