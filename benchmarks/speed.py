@@ -4,8 +4,9 @@ Runs alternate (ours, sb3-contrib, ours, sb3-contrib, ...), each in a fresh proc
 thread, repeat ``i`` of every algorithm on seed ``i``; nothing else should be measuring meanwhile.
 Per run:
 
-- ``learn()``: wall-clock time of ``model.learn(steps)``: rollouts (environment steps and policy
-  forward passes, the same code in both) plus the updates; also its CPU time (``time.process_time``,
+- ``learn()``: wall-clock time of ``model.learn(steps)``: rollouts (environment steps, the same code
+  in both, and policy forward passes: SB3's in sb3-contrib, NumPy's in ours where the policy is
+  covered) plus the updates; also its CPU time (``time.process_time``,
   well below the wall time when the machine was busy with other work);
 - ``train()``: the time spent inside the model's ``train()`` (the method is wrapped with a timer), the
   part where the two implementations differ; per update too, and its CPU time; also the fastest
@@ -225,8 +226,9 @@ def markdown_table(summary: dict[str, dict[str, Any]], algos: list[str]) -> str:
         blocks.append("\n".join(lines))
     notes = (
         "Ratios are per repeat (runs alternate, one fresh process each), then the median over repeats; "
-        "below 1 is faster or smaller, except for steps/s. The rollouts run the same SB3 code in both, so their "
-        "ratio shows how noisy the machine was; the fastest update is the figure least disturbed by other work. "
+        "below 1 is faster or smaller, except for steps/s. The rollouts step the same environments in both; "
+        "ours evaluates the policy with NumPy (`rollout_method`), sb3-contrib with torch. "
+        "The fastest update is the figure least disturbed by other work. "
         "Peak RSS is the whole worker process (`ru_maxrss`: Python, torch and the environment included); "
         "RSS growth subtracts the RSS before `learn()`."
     )
