@@ -49,6 +49,8 @@ HYPERPARAMETERS = {
     "sub_sampling_factor": 2,
     "kl_constraint": "max",
     "fisher_method": "autograd",
+    "kl_action_reduction": "mean",
+    "rollout_method": "sb3",
     "use_sde": True,
     "sde_sample_freq": 4,
 }
@@ -223,6 +225,8 @@ def test_loads_sb3_contrib_model(variant, tmp_path):
     # What sb3-contrib does not have takes the defaults.
     assert model.kl_constraint == "mean"
     assert model.fisher_method == "auto"
+    assert model.kl_action_reduction == "sum"
+    assert model.rollout_method == "auto"
     assert model.cg_residual_tol == 1e-10
     assert model.n_skipped_policy_updates == model.n_skipped_critic_steps == 0
 
