@@ -336,9 +336,14 @@ def markdown_report(data: dict[str, Any], table_md: str) -> str:
     version_text = ", ".join(f"{name} {version}" for name, version in data["versions"].items())
     sources = []
     for env_id, by_algo in group_runs(runs).items():
-        fingerprints = sorted({run.get("source") or "unknown" for algo_runs in by_algo.values() for run in algo_runs})
-        warning = " (MIXED: the runs did not all measure the same code)" if len(fingerprints) > 1 else ""
-        sources.append(f"{env_id} {', '.join(fingerprints)}{warning}")
+        # Only our algorithms run sb3_trpo's code; the others' runs carry whatever tree was checked out.
+        ours = [run for algo, algo_runs in by_algo.items() if algo.startswith("sb3_trpo") for run in algo_runs]
+        fingerprints = sorted({run.get("source") or "unknown" for run in ours})
+        per_run = ""
+        if len(fingerprints) > 1:
+            counts = {fp: sum(run.get("source") == fp for run in ours) for fp in fingerprints}
+            per_run = " (MIXED: " + ", ".join(f"{fp} in {n} run(s)" for fp, n in counts.items()) + ")"
+        sources.append(f"{env_id} {', '.join(fingerprints)}{per_run}")
     return "\n".join(
         [
             "# Learning benchmark",
@@ -355,7 +360,8 @@ def markdown_report(data: dict[str, Any], table_md: str) -> str:
             "",
             f"Versions: {version_text}. Commit: {data.get('commit')}.",
             "",
-            f"sb3_trpo source fingerprint (sha256 of its .py files), per environment: {'; '.join(sources)}.",
+            "sb3_trpo source fingerprint (sha256 of its .py files) of our algorithms' runs, per environment: "
+            f"{'; '.join(sources)}.",
             "",
         ]
     )
