@@ -8,8 +8,8 @@ Here the whole fit runs on one flat parameter buffer with preallocated work buff
 - the value function ``v(x) = W_L φ(… φ(W_1 x + b_1) …) + b_L`` and the gradient of
   ``ℓ = (1/B) Σ_i (R_i − v(x_i))²`` are computed by hand, calling the same kernels autograd calls
   (``addmm`` forward, ``mm`` / ``sum`` backward, the activation's own ``*_backward`` op), so the
-  gradient is the one autograd computes (bit for bit, except tanh on the CPU: NumPy's kernel, about
-  10× faster than torch's there, which rounds within a few ulps of it);
+  gradient is the one autograd computes (bit for bit, except tanh on the CPU: NumPy's kernel, which
+  is faster than torch's there and rounds within a few ulps of it);
 - Adam updates the flat buffer in place with the operations of ``torch.optim.Adam``'s
   single-tensor step (the CPU default; its multi-tensor step computes the same expression).
 
@@ -77,9 +77,9 @@ class Activation:
     def forward_fn(self, device: th.device | None = None) -> ForwardFn:
         """``(h, out) -> out ← φ(h)``, with the kernel the ``torch.nn`` module calls.
 
-        Except tanh on the CPU: NumPy's vectorised tanh, about 10× faster than torch's there (2.6 µs
-        against 23 µs for 128 × 64 floats, measured with torch 2.13), on views of the same memory;
-        it rounds differently from torch's, within a few float32 ulps.
+        Except tanh on the CPU: NumPy's vectorised tanh, much faster than torch's there on these
+        sizes, on views of the same memory; it rounds differently from torch's, within a few float32
+        ulps.
         """
         name, slope, alpha, approximate = self.name, self.negative_slope, self.alpha, self.approximate
         nn_ops = th._C._nn

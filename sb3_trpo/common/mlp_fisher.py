@@ -2,8 +2,8 @@
 
 :mod:`sb3_trpo.common.analytic_fisher` computes ``J v`` and ``Jᵀ u`` with autograd on the policy's
 graph, for any network. For SB3's standard actor (flatten → ``Linear``/activation pairs →
-``action_net``) the two products are a few matrix products per layer, and autograd's bookkeeping
-around them costs about as much as the arithmetic on HalfCheetah-sized batches. Here, with the
+``action_net``) the two products are a few matrix products per layer, and autograd's graph
+bookkeeping around them is avoidable overhead. Here, with the
 activations ``a_l`` and derivatives ``D_l = φ'(h_l)`` of one forward pass at ``θ_old``:
 
 - ``J v`` (forward tangent): ``z_l = a_{l−1} dW_lᵀ + db_l + t_{l−1} W_lᵀ``, ``t_l = D_l ⊙ z_l``, and
@@ -33,37 +33,27 @@ from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 
 from sb3_trpo.common.analytic_fisher import _mean_weights
+from sb3_trpo.common.critic import Activation, activation_from_module
 from sb3_trpo.common.natural_gradient import MatrixVectorProduct
 from sb3_trpo.common.rollout import mlp_actor_critic_unsupported
 
 Tensor = th.Tensor
-# (pre-activation h, activation a) -> φ'(h), computed from whichever the formula needs.
-Derivative = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
 class HiddenLayer:
-    """A hidden layer ``a = φ(h)``, ``h = a_prev Wᵀ + b``, with what its derivative needs."""
+    """A hidden layer ``a = φ(h)``, ``h = a_prev Wᵀ + b``: the module, and ``φ`` with its derivative."""
 
     linear: nn.Linear
     activation: nn.Module
-    derivative: Derivative
+    spec: Activation  # the critic fit's description of φ, whose backward op gives φ'
 
-
-def _derivative(activation: nn.Module) -> Derivative | None:
-    """``φ'(h)`` for the activations SB3 users pick, or None."""
-    kind = type(activation)
-    if kind is nn.Tanh:
-        return lambda h, a: 1 - a * a
-    if kind is nn.ReLU:
-        return lambda h, a: (h > 0).to(h.dtype)
-    if kind is nn.LeakyReLU:
-        slope = float(activation.negative_slope)  # type: ignore[arg-type]
-        return lambda h, a: th.where(h > 0, th.ones_like(h), th.full_like(h, slope))
-    if kind is nn.ELU:
-        alpha = float(activation.alpha)  # type: ignore[arg-type]
-        return lambda h, a: th.where(h > 0, th.ones_like(h), a + alpha)
-    return None
+    def derivative(self, pre_activation: Tensor, activation: Tensor) -> Tensor:
+        """``φ'(h)``: the activation's own backward op applied to ones."""
+        saved = activation if self.spec.backward_uses_output else pre_activation
+        out = th.empty_like(pre_activation)
+        self.spec.backward_fn()(th.ones_like(pre_activation), saved, out)
+        return out
 
 
 def mlp_jacobian_fisher_vector_product(
@@ -99,27 +89,28 @@ def mlp_jacobian_fisher_vector_product(
         eta = output(inputs[-1])
     weights = state_weights.view(-1, 1)
     total_weight = state_weights.sum()
-    index = {id(p): i for i, p in enumerate(params)}
+    # Where each layer's weight and bias (and the log-std) sit among ``params``, or None if they are not there.
+    slot = {id(p): i for i, p in enumerate(params)}
+    layer_slots = [
+        (slot.get(id(linear.weight)), None if linear.bias is None else slot.get(id(linear.bias))) for linear in linears
+    ]
+    log_std_slot = None if log_std is None else slot.get(id(log_std))
     sizes = [p.numel() for p in params]
-
-    def block(chunks: Sequence[Tensor], param: Tensor | None) -> Tensor | None:
-        if param is None or id(param) not in index:
-            return None
-        return chunks[index[id(param)]].view_as(param)
-
+    shapes = [p.shape for p in params]
     apply_metric = metric(eta)
     n_states = x.shape[0]
 
     def fisher_vector_product(vector: Tensor) -> Tensor:
-        chunks = th.split(vector, sizes)
+        chunks = [chunk.view(shape) for chunk, shape in zip(th.split(vector, sizes), shapes, strict=True)]
         result = th.zeros_like(vector)  # blocks of parameters the layers do not use stay 0
-        out = [chunk.view_as(p) for chunk, p in zip(th.split(result, sizes), params, strict=True)]
+        out = [chunk.view(shape) for chunk, shape in zip(th.split(result, sizes), shapes, strict=True)]
         with th.no_grad():
             # J v, layer by layer: z_l = a_{l−1} dW_lᵀ + db_l + t_{l−1} W_lᵀ (t_0 = 0), t_l = φ'(h_l) ⊙ z_l.
             tangent: Tensor | None = None
-            for layer_index, linear in enumerate(linears):
+            for layer_index, (linear, (weight_slot, bias_slot)) in enumerate(zip(linears, layer_slots, strict=True)):
                 z = None if tangent is None else th.mm(tangent, layer_weights[layer_index].t())
-                d_weight, d_bias = block(chunks, linear.weight), block(chunks, linear.bias)
+                d_weight = None if weight_slot is None else chunks[weight_slot]
+                d_bias = None if bias_slot is None else chunks[bias_slot]
                 if d_weight is not None:
                     z = th.mm(inputs[layer_index], d_weight.t()) if z is None else z.addmm_(inputs[layer_index], d_weight.t())
                 if d_bias is not None:
@@ -131,15 +122,15 @@ def mlp_jacobian_fisher_vector_product(
             # Jᵀ (w ⊙ M J v), layer by layer backwards.
             grad = apply_metric(tangent).mul_(weights)
             for layer_index in range(len(linears) - 1, -1, -1):
-                linear = linears[layer_index]
-                if id(linear.weight) in index:
-                    th.mm(grad.t(), inputs[layer_index], out=out[index[id(linear.weight)]])
-                if linear.bias is not None and id(linear.bias) in index:
-                    th.sum(grad, dim=0, out=out[index[id(linear.bias)]])
+                weight_slot, bias_slot = layer_slots[layer_index]
+                if weight_slot is not None:
+                    th.mm(grad.t(), inputs[layer_index], out=out[weight_slot])
+                if bias_slot is not None:
+                    th.sum(grad, dim=0, out=out[bias_slot])
                 if layer_index > 0:
                     grad = th.mm(grad, layer_weights[layer_index]).mul_(derivatives[layer_index - 1])
-            if log_std is not None and id(log_std) in index:
-                th.mul(chunks[index[id(log_std)]].view_as(log_std), 2 * total_weight, out=out[index[id(log_std)]])
+            if log_std_slot is not None:
+                th.mul(chunks[log_std_slot], 2 * total_weight, out=out[log_std_slot])
         return result
 
     return fisher_vector_product
@@ -198,7 +189,7 @@ def policy_mlp_fisher_vector_product(
     params = list(params)
     sequential = list(policy.mlp_extractor.policy_net)
     hidden = [
-        HiddenLayer(linear, activation, _derivative(activation))  # type: ignore[arg-type]
+        HiddenLayer(linear, activation, activation_from_module(activation))  # type: ignore[arg-type]
         for linear, activation in zip(sequential[0::2], sequential[1::2], strict=True)
     ]
     with th.no_grad():

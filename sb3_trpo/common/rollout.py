@@ -2,8 +2,8 @@
 
 Collecting a rollout calls the policy once per step on a handful of observations (one per
 environment). For SB3's small MLPs torch's per-call overhead (module dispatch, ``Distribution``
-objects, tensor conversions) is several times the arithmetic: on HalfCheetah with 2 environments
-``policy(obs)`` takes ~110 µs a step, the same layers as NumPy matrix products ~20 µs.
+objects, tensor conversions) is several times the arithmetic; the same layers as NumPy matrix
+products cost little more than the arithmetic (``benchmarks/speed.py`` measures the rollouts of both).
 
 Two layers, as in the rest of ``common/``:
 
@@ -120,9 +120,12 @@ class NumpyActorCritic:
     @classmethod
     def from_policy(cls, policy: BasePolicy) -> NumpyActorCritic | None:
         """The NumPy counterpart of ``policy``, or None where :func:`numpy_actor_critic_unsupported` says why not."""
-        if not isinstance(policy, ActorCriticPolicy) or numpy_actor_critic_unsupported(policy) is not None:
+        if not isinstance(policy, ActorCriticPolicy):
             return None
-        return cls(policy)
+        try:
+            return cls(policy)  # checks the policy once
+        except ValueError:
+            return None
 
     def features(self, observations: Array) -> Array:
         """SB3's ``preprocess_obs`` then ``FlattenExtractor``: float32, one row per environment."""

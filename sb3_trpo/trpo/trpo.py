@@ -195,7 +195,8 @@ class TRPO(OnPolicyAlgorithm):
         whole batch: only the curvature estimate gets cheaper (and noisier).
     :param rollout_method: How the policy is evaluated while collecting rollouts: ``"numpy"``, SB3's
         MLP actor-critic (diagonal Gaussian or categorical actions, on the CPU) as NumPy products,
-        several times faster per step than torch on small networks, with the same random draws;
+        faster than torch on small networks (``benchmarks/speed.py`` measures the rollouts), with
+        the same random draws;
         ``"sb3"``, SB3's own ``collect_rollouts``; or ``"auto"`` (default), ``"numpy"`` where the
         policy is covered and ``"sb3"`` otherwise (gSDE, other distributions, custom networks, a GPU).
         Both collect the same rollouts (to float32 rounding), with the same callbacks.
@@ -478,7 +479,10 @@ class TRPO(OnPolicyAlgorithm):
             with th.no_grad():
                 fisher_old = copy.copy(self._distribution(fisher_batch))
             fisher_distribution = self._distribution(fisher_batch)
-        kl = batch_mean(self._kl_per_state(fisher_old, fisher_distribution), fisher_batch.mask)
+
+        def kl() -> th.Tensor:  # the mean KL with its graph: only the autograd product needs it
+            return batch_mean(self._kl_per_state(fisher_old, fisher_distribution), fisher_batch.mask)
+
         fisher_vector_product = self._fisher_vector_product(fisher_distribution, kl, actor_params, fisher_batch)
 
         def evaluate() -> PolicyEvaluation:
@@ -490,13 +494,18 @@ class TRPO(OnPolicyAlgorithm):
         return NaturalGradientProblem(actor_params, gradient, fisher_vector_product, before, evaluate)
 
     def _fisher_vector_product(
-        self, distribution: Distribution, kl: th.Tensor, actor_params: list[th.nn.Parameter], batch: PolicyBatch
+        self,
+        distribution: Distribution,
+        kl: Callable[[], th.Tensor],
+        actor_params: list[th.nn.Parameter],
+        batch: PolicyBatch,
     ) -> MatrixVectorProduct:
         """``v -> F v`` at ``θ_old``: closed form ``Jᵀ M J v`` when the distribution has one, else autograd.
 
         The closed form is written out by hand for SB3's MLP actor (no autograd at all), and taken
-        through autograd's graph for other networks. All are built on first use, so a step that never
-        needs ``F`` never pays for it.
+        through autograd's graph for other networks; ``kl`` gives the mean KL with its graph, for the
+        double-backward product of any other distribution. All are built on first use (before the
+        parameters move), so a step that never needs ``F`` never pays for it.
         """
         mask = batch.mask
         if self.fisher_method != "autograd":
@@ -512,7 +521,7 @@ class TRPO(OnPolicyAlgorithm):
                 return lambda vector: joint(vector) * scale
             if analytic is not None:
                 return analytic
-        build_autograd = functools.cache(lambda: autograd_fisher_vector_product(kl, actor_params))
+        build_autograd = functools.cache(lambda: autograd_fisher_vector_product(kl(), actor_params))
         return lambda vector: build_autograd()(vector)
 
     def _mlp_fisher_vector_product(self, actor_params: list[th.nn.Parameter], batch: PolicyBatch) -> MatrixVectorProduct:
