@@ -1,4 +1,4 @@
-"""The hand-written Fisher-vector product of SB3's MLP actor against the autograd-based closed form."""
+"""SB3's MLP actor by hand (Fisher-vector products, policy gradient, outputs) against autograd and SB3."""
 
 import numpy as np
 import pytest
@@ -9,10 +9,16 @@ from test_analytic_fisher import dense
 from test_fisher import distribution
 from torch import nn
 
-import sb3_trpo.trpo.trpo as trpo_module
 from sb3_trpo import TRPO
 from sb3_trpo.common.analytic_fisher import analytic_fisher_vector_product
-from sb3_trpo.common.mlp_fisher import mlp_actor_unsupported, policy_mlp_fisher_vector_product
+from sb3_trpo.common.critic import weight_gradient
+from sb3_trpo.common.mlp_fisher import (
+    PolicyMLPActor,
+    mlp_actor_unsupported,
+    policy_mlp_fisher_vector_product,
+    trainable_actor_params,
+)
+from sb3_trpo.trpo.trpo import surrogate_objective
 
 OBS_SPACE = spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
 GAUSSIAN = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
@@ -107,6 +113,124 @@ def test_uncovered_policies_return_none(make, params_of, reason):
     assert policy_mlp_fisher_vector_product(policy, observations(), params_of(policy)) is None
 
 
+def surrogate_of(policy: ActorCriticPolicy, obs: th.Tensor, mask: th.Tensor | None = None):
+    """A surrogate ``L(π)`` on random actions, behaviour log-probabilities and advantages."""
+    generator = th.Generator().manual_seed(2)
+    with th.no_grad():
+        actions = distribution(policy, obs).sample()
+    behaviour_log_prob = -th.rand(obs.shape[0], generator=generator, dtype=th.float64)
+    advantages = th.randn(obs.shape[0], generator=generator, dtype=th.float64)
+    return lambda dist: surrogate_objective(dist.log_prob(actions), behaviour_log_prob, advantages, mask)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_policy_gradient_equals_autograd(case):
+    action_space, kwargs = CASES[case]
+    policy = make_policy(action_space, **kwargs)
+    obs, params = observations(), actor_params(policy)
+    objective = surrogate_of(policy, obs)
+    actor = PolicyMLPActor.from_policy(policy, obs, params)
+    assert actor is not None
+    value, gradient = actor.gradient(objective)
+    expected_value = objective(distribution(policy, obs))
+    expected = th.cat([g.reshape(-1) for g in th.autograd.grad(expected_value, params)])
+    assert_close(value, expected_value.detach())
+    assert_close(gradient, expected)
+
+
+def test_policy_gradient_with_masked_states_and_frozen_parameters():
+    policy = make_policy(GAUSSIAN, net_arch=[4])
+    policy.mlp_extractor.policy_net[0].bias.requires_grad_(False)
+    obs = observations()
+    mask = th.tensor([True, False, True, True, False, True, True])
+    params = trainable_actor_params(policy)
+    ids = {id(p) for p in params}
+    assert id(policy.mlp_extractor.policy_net[0].bias) not in ids
+    assert id(policy.log_std) in ids
+    objective = surrogate_of(policy, obs, mask)
+    actor = PolicyMLPActor.from_policy(policy, obs, mask=mask)
+    assert actor is not None
+    assert [id(p) for p in actor.params] == [id(p) for p in params]
+    expected = th.cat([g.reshape(-1) for g in th.autograd.grad(objective(distribution(policy, obs)), params)])
+    assert_close(actor.gradient(objective)[1], expected)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_outputs_and_distributions_are_the_policys(case):
+    action_space, kwargs = CASES[case]
+    policy = make_policy(action_space, **kwargs)
+    obs = observations()
+    actor = PolicyMLPActor.from_policy(policy, obs)
+    assert actor is not None
+    old = actor.distribution(actor.outputs_old)
+    with th.no_grad():  # a line search moves the parameters: outputs() follows them, outputs_old does not
+        for param in actor.params:
+            param.add_(0.1)
+    expected, candidate = distribution(policy, obs), actor.distribution(actor.outputs())
+    actions = expected.sample()
+    assert_close(candidate.log_prob(actions), expected.log_prob(actions))
+    assert_close(candidate.entropy(), expected.entropy())
+    assert not th.allclose(old.log_prob(actions), expected.log_prob(actions))
+
+
+def test_a_subset_equals_the_actor_on_those_states():
+    policy = make_policy(GAUSSIAN, net_arch=[4, 3], activation_fn=nn.ReLU)
+    obs, index = observations(), th.tensor([0, 3, 6])
+    actor, on_subset = PolicyMLPActor.from_policy(policy, obs), PolicyMLPActor.from_policy(policy, obs[index])
+    assert actor is not None
+    assert on_subset is not None
+    n = sum(p.numel() for p in actor.params)
+    assert_close(dense(actor.subset(index).fisher_vector_product(), n), dense(on_subset.fisher_vector_product(), n))
+
+
+@pytest.mark.parametrize(("n_in", "n_out"), [(3, 64), (64, 3), (8, 8), (1, 1)])
+def test_weight_gradient_is_delta_transposed_times_inputs(n_in, n_out):
+    generator = th.Generator().manual_seed(0)
+    delta = th.randn(50, n_out, dtype=th.float64, generator=generator)
+    inputs = th.randn(50, n_in, dtype=th.float64, generator=generator)
+    out, scratch = th.empty(n_out, n_in, dtype=th.float64), th.empty(n_in, n_out, dtype=th.float64)
+    weight_gradient(delta, inputs, out)
+    th.testing.assert_close(out, delta.t() @ inputs, rtol=1e-12, atol=1e-12)
+    out.zero_()
+    weight_gradient(delta, inputs, out, scratch if n_in < n_out else None)
+    th.testing.assert_close(out, delta.t() @ inputs, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("env_id", "kwargs"),
+    [
+        ("CartPole-v1", {}),
+        ("Pendulum-v1", {}),
+        ("Pendulum-v1", {"kl_action_reduction": "mean", "fisher_sub_sampling_factor": 3}),
+        ("Pendulum-v1", {"sub_sampling_factor": 2, "normalize_advantage": False}),
+    ],
+)
+def test_trpo_problem_by_hand_equals_the_autograd_one(monkeypatch, env_id, kwargs):
+    """The policy step's g, F v, L(θ_old) and candidate evaluations: the same by hand as through autograd."""
+    model = TRPO("MlpPolicy", env_id, n_steps=128, batch_size=128, n_critic_updates=1, seed=0, **kwargs)
+    model.learn(128)
+    batch = model._policy_batch()
+    by_hand = model._natural_gradient_problem(batch)
+    monkeypatch.setattr(model, "_mlp_actor", lambda batch: None)
+    through_autograd = model._natural_gradient_problem(batch)
+    assert all(a is b for a, b in zip(by_hand.actor_params, through_autograd.actor_params, strict=True))
+    vector = th.randn_like(by_hand.gradient, generator=th.Generator().manual_seed(0))
+    for actual, expected in [
+        (by_hand.gradient, through_autograd.gradient),
+        (by_hand.fisher_vector_product(vector), through_autograd.fisher_vector_product(vector)),
+    ]:
+        assert expected.abs().max() > 1e-6
+        th.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    assert by_hand.before.objective == pytest.approx(through_autograd.before.objective, rel=1e-5, abs=1e-7)
+    with th.no_grad():  # a candidate of the line search
+        for param in by_hand.actor_params:
+            param.add_(0.01 * th.randn_like(param))
+    candidate, expected_candidate = by_hand.evaluate(), through_autograd.evaluate()
+    assert expected_candidate.kl_mean > 0
+    for field in ("objective", "kl_mean", "kl_max"):
+        assert getattr(candidate, field) == pytest.approx(getattr(expected_candidate, field), rel=1e-4, abs=1e-7)
+
+
 @pytest.mark.parametrize(
     ("env_id", "kwargs", "expected"),
     [
@@ -118,13 +242,13 @@ def test_uncovered_policies_return_none(make, params_of, reason):
 )
 def test_trpo_uses_it_where_covered(monkeypatch, env_id, kwargs, expected):
     calls = []
-    original = trpo_module.policy_mlp_fisher_vector_product
+    original = PolicyMLPActor.gradient
 
-    def spy(*args, **spy_kwargs):
+    def spy(self, objective):
         calls.append(1)
-        return original(*args, **spy_kwargs)
+        return original(self, objective)
 
-    monkeypatch.setattr(trpo_module, "policy_mlp_fisher_vector_product", spy)
+    monkeypatch.setattr(PolicyMLPActor, "gradient", spy)
     model = TRPO("MlpPolicy", env_id, n_steps=64, batch_size=64, n_critic_updates=1, seed=0, **kwargs)
     model.learn(64)
     assert bool(calls) == expected

@@ -8,8 +8,9 @@ Here the whole fit runs on one flat parameter buffer with preallocated work buff
 - the value function ``v(x) = W_L φ(… φ(W_1 x + b_1) …) + b_L`` and the gradient of
   ``ℓ = (1/B) Σ_i (R_i − v(x_i))²`` are computed by hand, calling the same kernels autograd calls
   (``addmm`` forward, ``mm`` / ``sum`` backward, the activation's own ``*_backward`` op), so the
-  gradient is the one autograd computes (bit for bit, except tanh on the CPU: NumPy's kernel, which
-  is faster than torch's there and rounds within a few ulps of it);
+  gradient is the one autograd computes, to float rounding: two kernels differ, each faster on the
+  CPU (NumPy's tanh, which rounds within a few ulps of torch's, and a narrow first layer's weight
+  gradient summed in another order, see :func:`weight_gradient`);
 - Adam updates the flat buffer in place with the operations of ``torch.optim.Adam``'s
   single-tensor step (the CPU default; its multi-tensor step computes the same expression).
 
@@ -151,6 +152,20 @@ def activation_from_module(module: nn.Module) -> Activation | None:
 # ---------------------------------------------------------------------------------------------- the MLP
 
 
+def weight_gradient(delta: Tensor, inputs: Tensor, out: Tensor, scratch: Tensor | None = None) -> None:
+    """``out ← δᵀ a``, the gradient of a linear layer's weight ``(n_out, n_in)`` from ``δ (B, n_out)``, ``a (B, n_in)``.
+
+    With a narrow input (``n_in < n_out``, e.g. the first layer on a few observation features) CPU BLAS
+    computes ``(aᵀ δ)ᵀ`` several times faster than ``δᵀ a`` (one pass over the batch instead of a thin
+    reduction per output row); the same sums, in another order, so equal to float rounding. ``scratch``
+    (``(n_in, n_out)``) saves the temporary.
+    """
+    if inputs.shape[1] < delta.shape[1]:
+        out.copy_(th.mm(inputs.t(), delta, out=scratch).t())
+    else:
+        th.mm(delta.t(), inputs, out=out)
+
+
 @dataclass
 class _Workspace:
     """Preallocated buffers for one minibatch size ``B``, and the argument tuples of every op of a step.
@@ -165,9 +180,10 @@ class _Workspace:
     values: Tensor  # v as (B,)
     residuals: Tensor  # v − R
     grad_values: Tensor  # δ_L = ∂ℓ/∂v as (B,)
-    # top-down, l = L … 2: (δ_lᵀ, a_{l−1}, ∂ℓ/∂W_l, δ_l, ∂ℓ/∂b_l, W_l, ∂ℓ/∂a_{l−1}, φ'_{l−1}, a or h_{l−1}, δ_{l−1})
-    backward: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, BackwardFn, Tensor, Tensor]]
-    first: tuple[Tensor, Tensor, Tensor, Tensor]  # (δ_1ᵀ, ∂ℓ/∂W_1, δ_1, ∂ℓ/∂b_1); a_0 = x is the minibatch
+    # top-down, l = L … 2: (δ_l, a_{l−1}, ∂ℓ/∂W_l, scratch_l, ∂ℓ/∂b_l, W_l, ∂ℓ/∂a_{l−1}, φ'_{l−1}, a or h_{l−1}, δ_{l−1});
+    # scratch_l: :func:`weight_gradient`'s temporary where the layer's input is narrow, else None
+    backward: list[tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor, Tensor, BackwardFn, Tensor, Tensor]]
+    first: tuple[Tensor, Tensor, Tensor | None, Tensor]  # (δ_1, ∂ℓ/∂W_1, scratch_1, ∂ℓ/∂b_1); a_0 = x is the minibatch
 
 
 class FlatMLPCritic:
@@ -180,10 +196,11 @@ class FlatMLPCritic:
     - ``∂ℓ/∂W_l = δ_lᵀ a_{l−1}`` (``a_0 = x``), ``∂ℓ/∂b_l = Σ_i δ_l,i``;
     - ``∂ℓ/∂a_{l−1} = δ_l W_l``, ``δ_{l−1} = ∂ℓ/∂a_{l−1} ⊙ φ'(h_{l−1})``.
 
-    Each product is the call autograd makes for ``nn.Linear`` (``addmm`` forward; ``mm`` with the same
-    operand layouts and ``sum`` over the batch backward) and ``φ'`` is the activation's own backward op,
-    so the gradient equals autograd's, bit for bit on the same machine; on the CPU tanh is NumPy's
-    (see :meth:`Activation.forward_fn`), within a few float32 ulps of torch's.
+    Each product is the call autograd makes for ``nn.Linear`` (``addmm`` forward; ``mm`` and ``sum``
+    over the batch backward) and ``φ'`` is the activation's own backward op, so the gradient equals
+    autograd's to float rounding: on the CPU tanh is NumPy's (see :meth:`Activation.forward_fn`),
+    within a few float32 ulps of torch's, and the weight gradient of a layer with fewer inputs than
+    outputs is summed in another order (:func:`weight_gradient`); otherwise bit for bit.
 
     :param layers: ``(W_l, b_l)`` for each layer, ``W_l`` of shape ``(n_l, n_{l−1})``, the last with ``n_L = 1``;
         copied into :attr:`params`, the flat buffer ``[vec(W_1); b_1; vec(W_2); b_2; …]``.
@@ -285,10 +302,10 @@ class FlatMLPCritic:
             assert inputs_below is not None
             backward.append(
                 (
-                    deltas[layer].t(),
+                    deltas[layer],
                     inputs_below,
                     self.weight_grads[layer],
-                    deltas[layer],
+                    self._weight_gradient_scratch(layer),
                     self.bias_grads[layer],
                     self.weights[layer],
                     grad_a[below],
@@ -310,8 +327,12 @@ class FlatMLPCritic:
             residuals=residuals.view(-1),
             grad_values=grad_values.view(-1),
             backward=backward,
-            first=(deltas[0].t(), self.weight_grads[0], deltas[0], self.bias_grads[0]),
+            first=(deltas[0], self.weight_grads[0], self._weight_gradient_scratch(0), self.bias_grads[0]),
         )
+
+    def _weight_gradient_scratch(self, layer: int) -> Tensor | None:
+        n_in, n_out = self.layer_sizes[layer], self.layer_sizes[layer + 1]
+        return th.empty(n_in, n_out, dtype=self.dtype, device=self.device) if n_in < n_out else None
 
     def forward(self, x: Tensor) -> Tensor:
         """``v(x)``, shape ``(B, 1)``: a view of a work buffer, overwritten by the next call."""
@@ -335,15 +356,15 @@ class FlatMLPCritic:
     def backward(self, x: Tensor) -> None:
         """``∇ℓ`` into :attr:`grad`, for the minibatch ``x`` of the last :meth:`squared_error` call."""
         ws = self._workspaces[x.shape[0]]
-        mm, sum_ = th.mm, th.sum
+        mm, sum_, weight_grad = th.mm, th.sum, weight_gradient
         th.mul(ws.residuals, ws.grad_scale, out=ws.grad_values)  # δ_L = (2/B)(v − R)
-        for delta_t, inputs, grad_weight, delta, grad_bias, weight, grad_below, derivative, saved, out in ws.backward:
-            mm(delta_t, inputs, out=grad_weight)  # ∂ℓ/∂W_l = δ_lᵀ a_{l−1}
+        for delta, inputs, grad_weight, scratch, grad_bias, weight, grad_below, derivative, saved, out in ws.backward:
+            weight_grad(delta, inputs, grad_weight, scratch)  # ∂ℓ/∂W_l = δ_lᵀ a_{l−1}
             sum_(delta, 0, out=grad_bias)  # ∂ℓ/∂b_l = Σ_i δ_l,i
             mm(delta, weight, out=grad_below)  # ∂ℓ/∂a_{l−1} = δ_l W_l
             derivative(grad_below, saved, out)  # δ_{l−1} = ∂ℓ/∂a_{l−1} ⊙ φ'(h_{l−1})
-        delta_t, grad_weight, delta, grad_bias = ws.first
-        mm(delta_t, x, out=grad_weight)
+        delta, grad_weight, scratch, grad_bias = ws.first
+        weight_grad(delta, x, grad_weight, scratch)
         sum_(delta, 0, out=grad_bias)
 
     def loss_and_gradient(self, x: Tensor, returns: Tensor) -> float:

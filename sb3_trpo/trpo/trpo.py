@@ -8,7 +8,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import numpy as np
 import torch as th
@@ -25,7 +25,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from sb3_trpo.common.analytic_fisher import analytic_fisher_vector_product, kl_terms_per_state, supports_analytic_fisher
 from sb3_trpo.common.critic import fast_critic_fit, rollout_minibatches
 from sb3_trpo.common.fisher import KL_ACTION_REDUCTIONS, autograd_fisher_vector_product, kl_per_state
-from sb3_trpo.common.mlp_fisher import mlp_actor_unsupported, policy_mlp_fisher_vector_product
+from sb3_trpo.common.mlp_fisher import PolicyMLPActor
 from sb3_trpo.common.natural_gradient import (
     LineSearchResult,
     MatrixVectorProduct,
@@ -457,6 +457,9 @@ class TRPO(OnPolicyAlgorithm):
 
     def _natural_gradient_problem(self, batch: PolicyBatch) -> NaturalGradientProblem:
         """Surrogate, gradient, KL and Fisher-vector product at ``θ_old``, shared by every policy step."""
+        actor = self._mlp_actor(batch)
+        if actor is not None:
+            return self._mlp_natural_gradient_problem(actor, batch)
         with th.no_grad():
             # get_distribution() updates the policy's distribution object in place: keep a shallow copy.
             old_distribution = copy.copy(self._distribution(batch))
@@ -474,8 +477,7 @@ class TRPO(OnPolicyAlgorithm):
         # The Fisher may use a sub-sample of the states (the paper used 10%); the gradient uses them all.
         fisher_batch, fisher_old, fisher_distribution = batch, old_distribution, distribution
         if self.fisher_sub_sampling_factor > 1:
-            index = th.arange(0, len(batch), self.fisher_sub_sampling_factor, device=batch.actions.device)
-            fisher_batch = batch.subset(index)
+            fisher_batch = batch.subset(self._fisher_index(batch))
             with th.no_grad():
                 fisher_old = copy.copy(self._distribution(fisher_batch))
             fisher_distribution = self._distribution(fisher_batch)
@@ -493,6 +495,43 @@ class TRPO(OnPolicyAlgorithm):
         before = PolicyEvaluation(objective.item(), 0.0, 0.0)
         return NaturalGradientProblem(actor_params, gradient, fisher_vector_product, before, evaluate)
 
+    def _fisher_index(self, batch: PolicyBatch) -> th.Tensor:
+        """The states the Fisher-vector products use: every ``fisher_sub_sampling_factor``-th."""
+        return th.arange(0, len(batch), self.fisher_sub_sampling_factor, device=batch.actions.device)
+
+    def _mlp_actor(self, batch: PolicyBatch) -> PolicyMLPActor | None:
+        """SB3's MLP actor by hand on ``batch`` (no autograd through the network), where it applies, else None.
+
+        Where ``_distribution`` is the policy's own and Fisher products are closed-form (``fisher_method``
+        not ``"autograd"``), for the policies :func:`~sb3_trpo.common.mlp_fisher.mlp_actor_unsupported` covers.
+        """
+        if self.fisher_method == "autograd" or type(self)._distribution is not TRPO._distribution:
+            return None
+        return PolicyMLPActor.from_policy(self.policy, batch.observations, mask=batch.mask)
+
+    def _mlp_natural_gradient_problem(self, actor: PolicyMLPActor, batch: PolicyBatch) -> NaturalGradientProblem:
+        """:meth:`_natural_gradient_problem` for SB3's MLP actor: one forward pass at ``θ_old`` serves all.
+
+        The same quantities as the autograd path (to float rounding, ``tests/test_mlp_fisher.py``):
+        ``g = Jᵀ ∂L/∂η`` and ``F v = Jᵀ M J v`` by hand, the distributions SB3's own, built from ``η``.
+        """
+        old_distribution = actor.distribution(actor.outputs_old)
+        objective, gradient = actor.gradient(
+            lambda distribution: surrogate_objective(
+                distribution.log_prob(batch.actions), batch.behaviour_log_prob, batch.advantages, batch.mask
+            )
+        )
+        fisher_actor = actor.subset(self._fisher_index(batch)) if self.fisher_sub_sampling_factor > 1 else actor
+        fisher_vector_product = self._reduced_fisher(fisher_actor.fisher_vector_product(), old_distribution)
+
+        def evaluate() -> PolicyEvaluation:
+            with th.no_grad():
+                return self._evaluate(actor.distribution(actor.outputs()), old_distribution, batch)
+
+        before = PolicyEvaluation(objective.item(), 0.0, 0.0)
+        actor_params = cast(list[th.nn.Parameter], actor.params)  # the policy's own parameters
+        return NaturalGradientProblem(actor_params, gradient, fisher_vector_product, before, evaluate)
+
     def _fisher_vector_product(
         self,
         distribution: Distribution,
@@ -502,38 +541,27 @@ class TRPO(OnPolicyAlgorithm):
     ) -> MatrixVectorProduct:
         """``v -> F v`` at ``θ_old``: closed form ``Jᵀ M J v`` when the distribution has one, else autograd.
 
-        The closed form is written out by hand for SB3's MLP actor (no autograd at all), and taken
-        through autograd's graph for other networks; ``kl`` gives the mean KL with its graph, for the
-        double-backward product of any other distribution. All are built on first use (before the
-        parameters move), so a step that never needs ``F`` never pays for it.
+        The closed form goes through autograd's graph of the network (SB3's MLP actor has its own,
+        hand-written path, :meth:`_mlp_natural_gradient_problem`); ``kl`` gives the mean KL with its
+        graph, for the double-backward product of any other distribution. Both are built on first
+        use (before the parameters move), so a step that never needs ``F`` never pays for it.
         """
-        mask = batch.mask
         if self.fisher_method != "autograd":
-            analytic: MatrixVectorProduct | None = None
-            # By hand only where ``distribution`` is the policy's own on the batch's observations.
-            if type(self)._distribution is TRPO._distribution and mlp_actor_unsupported(self.policy, actor_params) is None:
-                analytic = self._mlp_fisher_vector_product(actor_params, batch)
-            if analytic is None:
-                analytic = analytic_fisher_vector_product(distribution, actor_params, mask)
-            if analytic is not None and self.kl_action_reduction == "mean":
-                # The KL averaged over its terms has the Fisher of the joint KL divided by their number.
-                scale, joint = 1.0 / kl_terms_per_state(distribution), analytic
-                return lambda vector: joint(vector) * scale
+            analytic = analytic_fisher_vector_product(distribution, actor_params, batch.mask)
             if analytic is not None:
-                return analytic
+                return self._reduced_fisher(analytic, distribution)
         build_autograd = functools.cache(lambda: autograd_fisher_vector_product(kl(), actor_params))
         return lambda vector: build_autograd()(vector)
 
-    def _mlp_fisher_vector_product(self, actor_params: list[th.nn.Parameter], batch: PolicyBatch) -> MatrixVectorProduct:
-        """The hand-written ``v -> F v`` of SB3's MLP actor on ``batch``, built at the first call."""
+    def _reduced_fisher(self, joint: MatrixVectorProduct, distribution: Distribution) -> MatrixVectorProduct:
+        """The Fisher of the KL as ``kl_action_reduction`` says, from the joint KL's ``joint``.
 
-        @functools.cache
-        def build() -> MatrixVectorProduct:
-            product = policy_mlp_fisher_vector_product(self.policy, batch.observations, actor_params, batch.mask)
-            assert product is not None  # checked by the caller with mlp_actor_unsupported
-            return product
-
-        return lambda vector: build()(vector)
+        The KL averaged over its terms (``"mean"``) has the Fisher of the joint KL divided by their number.
+        """
+        if self.kl_action_reduction != "mean":
+            return joint
+        scale = 1.0 / kl_terms_per_state(distribution)
+        return lambda vector: joint(vector) * scale
 
     def _kl_per_state(self, old: Distribution, new: Distribution) -> th.Tensor:
         """``KL(π_old(·|s) ‖ π_new(·|s))`` per state, over the action dimensions as ``kl_action_reduction`` says."""
