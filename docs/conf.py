@@ -81,6 +81,7 @@ BENCHMARK_REPORTS = {
     "speed.md": ("Speed benchmark", None, "make benchmark-speed"),
     "penalty.md": ("Penalty vs constraint", "penalty_*.png", "python benchmarks/penalty.py"),
     "recurrent.md": ("Recurrent TRPO", "recurrent_*.png", "python benchmarks/recurrent.py"),
+    "equivalence.md": ("Same rollouts, same updates", None, "python benchmarks/equivalence.py"),
 }
 
 
