@@ -97,6 +97,22 @@ def test_products_stay_those_of_the_parameters_at_the_first_call():
     th.testing.assert_close(product(vector), before, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("action_space", [GAUSSIAN, CATEGORICAL], ids=["gaussian", "categorical"])
+def test_an_actor_keeps_the_fisher_of_the_parameters_it_was_built_at(action_space):
+    policy = make_policy(action_space, net_arch=[4])
+    obs = observations()
+    expected_actor = PolicyMLPActor.from_policy(policy, obs)
+    assert expected_actor is not None
+    n = sum(p.numel() for p in expected_actor.params)
+    expected = dense(expected_actor.fisher_vector_product(), n)
+    actor = PolicyMLPActor.from_policy(policy, obs)
+    assert actor is not None
+    with th.no_grad():  # the parameters move (log-std included) before the product is asked for
+        for param in actor.params:
+            param.add_(0.3)
+    th.testing.assert_close(dense(actor.fisher_vector_product(), n), expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     ("make", "params_of", "reason"),
     [

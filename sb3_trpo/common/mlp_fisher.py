@@ -325,6 +325,7 @@ class PolicyMLPActor:
         self.gaussian = isinstance(policy.action_dist, DiagGaussianDistribution)
         log_std = policy.log_std if self.gaussian else None
         self.jacobian = MLPJacobian(self.hidden, self.output, self.features, self.params, log_std)
+        self.std_old = None if log_std is None else log_std.detach().exp()  # σ at θ_old, for the Fisher
 
     @classmethod
     def from_policy(
@@ -372,7 +373,10 @@ class PolicyMLPActor:
         return copy.copy(action_dist)
 
     def gradient(self, objective: Callable[[Distribution], Tensor]) -> tuple[Tensor, Tensor]:
-        """``L`` and ``∇_θ L = Jᵀ ∂L/∂η (+ ∂L/∂log σ)`` at ``θ_old``, ``L = objective(π_θold)``, flat over ``params``."""
+        """``L`` and ``∇_θ L = Jᵀ ∂L/∂η (+ ∂L/∂log σ)`` at ``θ_old``, ``L = objective(π_θold)``, flat over ``params``.
+
+        ``σ`` is the policy's current one: call it before the parameters move (``J`` and ``η`` are kept).
+        """
         outputs = self.jacobian.eta.detach().requires_grad_(True)
         value = objective(self.distribution(outputs))
         log_std_slot = self.jacobian.log_std_slot
@@ -383,9 +387,8 @@ class PolicyMLPActor:
     def fisher_vector_product(self) -> MatrixVectorProduct:
         """``v -> F v`` at ``θ_old``, the Fisher of the mean KL of the joint action distribution over the batch."""
         state_weights = _mean_weights(self.features[:, 0], self.mask)
-        if self.gaussian:
-            metric = _gaussian_mean_metric(self.policy.log_std.detach().exp())
-            return self.jacobian.fisher_vector_product(metric, state_weights)
+        if self.std_old is not None:
+            return self.jacobian.fisher_vector_product(_gaussian_mean_metric(self.std_old), state_weights)
         return self.jacobian.fisher_vector_product(_categorical_metric, state_weights)
 
 
