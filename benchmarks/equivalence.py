@@ -79,6 +79,7 @@ def main() -> None:
     contrib.learn(args.updates * contrib.n_steps * n_envs)
 
     actor_differences, critic_differences = np.array([row[0] for row in rows]), np.array([row[2] for row in rows])
+    ratios = np.array([row[1] for row in rows])
     lines = [
         "# Same rollouts, same updates",
         "",
@@ -93,6 +94,9 @@ def main() -> None:
         "",
         f"- actor: median relative difference {np.median(actor_differences):.1e}, largest {actor_differences.max():.1e}",
         f"- critic: median relative difference {np.median(critic_differences):.1e}, largest {critic_differences.max():.1e}",
+        f"- actor step length, ours / sb3-contrib's: median {np.median(ratios):.5f}, range "
+        f"[{ratios.min():.5f}, {ratios.max():.5f}], above 1 in {int((ratios > 1).sum())} of {len(ratios)} updates "
+        f"and below 1 in {int((ratios < 1).sum())}",
         "",
         "| update | actor: relative difference | actor: length ratio | critic: relative difference |",
         "|---:|---:|---:|---:|",
