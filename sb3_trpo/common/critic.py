@@ -155,9 +155,9 @@ def activation_from_module(module: nn.Module) -> Activation | None:
 def weight_gradient(delta: Tensor, inputs: Tensor, out: Tensor, scratch: Tensor | None = None) -> None:
     """``out ← δᵀ a``, the gradient of a linear layer's weight ``(n_out, n_in)`` from ``δ (B, n_out)``, ``a (B, n_in)``.
 
-    With a narrow input (``n_in < n_out``, e.g. the first layer on a few observation features) CPU BLAS
-    computes ``(aᵀ δ)ᵀ`` several times faster than ``δᵀ a`` (one pass over the batch instead of a thin
-    reduction per output row); the same sums, in another order, so equal to float rounding. ``scratch``
+    With a narrow input (``n_in < n_out``, e.g. the first layer on a few observation features) the CPU
+    BLAS torch ships computes ``(aᵀ δ)ᵀ`` faster than ``δᵀ a`` (the product's long dimension is then the
+    one it handles well); the same sums in another order, so equal to float rounding. ``scratch``
     (``(n_in, n_out)``) saves the temporary.
     """
     if inputs.shape[1] < delta.shape[1]:
