@@ -6,6 +6,8 @@ the last call, for:
 
 - ``autograd``: Pearlmutter's double backward through the mean KL (``autograd_fisher_vector_product``);
 - ``analytic``: ``Jᵀ M J v`` with ``J v`` by the double-vjp trick (``analytic_fisher_vector_product``);
+- ``mlp``: the same product written out by hand for SB3's MLP actor (``PolicyMLPActor``), what TRPO
+  runs for these policies;
 - ``func-linearize`` and ``func-jvp``: the same ``Jᵀ M J v`` with ``J v`` from ``torch.func.linearize``
   (traced once per update) or from a fresh ``torch.func.jvp`` per call, ``Jᵀ w`` from ``torch.func.vjp``:
   the alternatives the library does not ship, kept here so the choice can be re-measured.
@@ -39,6 +41,7 @@ from sb3_trpo.common.analytic_fisher import (
     fisher_metric,
 )
 from sb3_trpo.common.fisher import autograd_fisher_vector_product, kl_per_state
+from sb3_trpo.common.mlp_fisher import PolicyMLPActor
 from sb3_trpo.common.natural_gradient import MatrixVectorProduct, flat_concat
 
 Builder = Callable[[], MatrixVectorProduct]
@@ -59,6 +62,15 @@ def analytic_builder(policy: ActorCriticPolicy, obs: th.Tensor, params: list[th.
         product = analytic_fisher_vector_product(policy.get_distribution(obs), params)
         assert product is not None
         return product
+
+    return build
+
+
+def mlp_builder(policy: ActorCriticPolicy, obs: th.Tensor, params: list[th.nn.Parameter]) -> Builder:
+    def build() -> MatrixVectorProduct:
+        actor = PolicyMLPActor.from_policy(policy, obs, params)
+        assert actor is not None
+        return actor.fisher_vector_product()
 
     return build
 
@@ -124,7 +136,7 @@ def main() -> None:
     parser.add_argument("--discrete", action="store_true", help="a categorical policy (Discrete(action-dim))")
     parser.add_argument("--calls", type=int, default=25, help="Fisher-vector products per update")
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--variants", nargs="+", default=["autograd", "analytic", "func-linearize", "func-jvp"])
+    parser.add_argument("--variants", nargs="+", default=["autograd", "analytic", "mlp", "func-linearize", "func-jvp"])
     args = parser.parse_args()
 
     th.set_num_threads(1)
@@ -145,6 +157,7 @@ def main() -> None:
     builders = {
         "autograd": autograd_builder(policy, obs, params),
         "analytic": analytic_builder(policy, obs, params),
+        "mlp": mlp_builder(policy, obs, params),
         "func-linearize": torch_func_builder(policy, obs, params, "linearize"),
         "func-jvp": torch_func_builder(policy, obs, params, "jvp"),
     }
