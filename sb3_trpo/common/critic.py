@@ -152,6 +152,11 @@ def activation_from_module(module: nn.Module) -> Activation | None:
 # ---------------------------------------------------------------------------------------------- the MLP
 
 
+def _narrow_input(n_in: int, n_out: int) -> bool:
+    """Whether :func:`weight_gradient` takes the ``(aᵀ δ)ᵀ`` form (and needs its scratch) for this layer."""
+    return n_in < n_out
+
+
 def weight_gradient(delta: Tensor, inputs: Tensor, out: Tensor, scratch: Tensor | None = None) -> None:
     """``out ← δᵀ a``, the gradient of a linear layer's weight ``(n_out, n_in)`` from ``δ (B, n_out)``, ``a (B, n_in)``.
 
@@ -160,7 +165,7 @@ def weight_gradient(delta: Tensor, inputs: Tensor, out: Tensor, scratch: Tensor 
     one it handles well); the same sums in another order, so equal to float rounding. ``scratch``
     (``(n_in, n_out)``) saves the temporary.
     """
-    if inputs.shape[1] < delta.shape[1]:
+    if _narrow_input(inputs.shape[1], delta.shape[1]):
         out.copy_(th.mm(inputs.t(), delta, out=scratch).t())
     else:
         th.mm(delta.t(), inputs, out=out)
@@ -332,7 +337,7 @@ class FlatMLPCritic:
 
     def _weight_gradient_scratch(self, layer: int) -> Tensor | None:
         n_in, n_out = self.layer_sizes[layer], self.layer_sizes[layer + 1]
-        return th.empty(n_in, n_out, dtype=self.dtype, device=self.device) if n_in < n_out else None
+        return th.empty(n_in, n_out, dtype=self.dtype, device=self.device) if _narrow_input(n_in, n_out) else None
 
     def forward(self, x: Tensor) -> Tensor:
         """``v(x)``, shape ``(B, 1)``: a view of a work buffer, overwritten by the next call."""

@@ -59,33 +59,32 @@ class HiddenLayer:
         return out
 
 
-def mlp_forward(hidden: Sequence[HiddenLayer], output: nn.Linear, x: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
+def mlp_forward(
+    hidden: Sequence[HiddenLayer], output: nn.Linear, x: Tensor, derivatives: bool = True
+) -> tuple[list[Tensor], list[Tensor], Tensor]:
     """One forward pass without autograd: the layer inputs ``a_0 = x … a_{L−1}``, ``φ'(h_l)`` and ``η``.
 
     The same kernels as the modules (``linear``, the activation's ``torch.nn.functional`` op; tanh on the
-    CPU is NumPy's, see :meth:`~sb3_trpo.common.critic.Activation.forward_fn`).
+    CPU is NumPy's, see :meth:`~sb3_trpo.common.critic.Activation.forward_fn`). With
+    ``derivatives=False`` the list of ``φ'(h_l)`` is empty.
     """
-    inputs, derivatives = [x], []
+    inputs: list[Tensor] = [x]
+    slopes: list[Tensor] = []
     with th.no_grad():
         for layer in hidden:
             pre_activation = F.linear(inputs[-1], layer.linear.weight, layer.linear.bias)
             activation = th.empty_like(pre_activation)
             layer.spec.forward_fn(x.device)(pre_activation, activation)
-            derivatives.append(layer.derivative(pre_activation, activation))
+            if derivatives:
+                slopes.append(layer.derivative(pre_activation, activation))
             inputs.append(activation)
         eta = F.linear(inputs[-1], output.weight, output.bias)
-    return inputs, derivatives, eta
+    return inputs, slopes, eta
 
 
 def mlp_outputs(hidden: Sequence[HiddenLayer], output: nn.Linear, x: Tensor) -> Tensor:
     """``η = output(φ(… φ(x W_1ᵀ + b_1) …))`` at the current parameters, without autograd."""
-    with th.no_grad():
-        a = x
-        for layer in hidden:
-            pre_activation = F.linear(a, layer.linear.weight, layer.linear.bias)
-            a = th.empty_like(pre_activation)
-            layer.spec.forward_fn(x.device)(pre_activation, a)
-        return F.linear(a, output.weight, output.bias)
+    return mlp_forward(hidden, output, x, derivatives=False)[2]
 
 
 class MLPJacobian:
@@ -226,28 +225,6 @@ def _contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def mlp_jacobian_fisher_vector_product(
-    hidden: Sequence[HiddenLayer],
-    output: nn.Linear,
-    x: Tensor,
-    metric: Callable[[Tensor], Callable[[Tensor], Tensor]],
-    state_weights: Tensor,
-    params: Sequence[Tensor],
-    log_std: Tensor | None = None,
-) -> MatrixVectorProduct:
-    """``v -> F v`` for ``η = output(φ(… φ(x W_1ᵀ + b_1) …))``, with ``F = Σ_s w_s J_sᵀ M_s J_s``.
-
-    :param hidden: the hidden layers, input side first
-    :param output: the linear layer that gives the distribution parameters ``η``
-    :param x: the inputs (features), ``(N, n_0)``
-    :param metric: ``η -> (z -> M(η) z)``, state by state (its constants computed once, from ``η``)
-    :param state_weights: ``w_s``, the weight of each state in the mean over the batch
-    :param params: ``θ``, the flat vector's order; each must be a weight or bias of the layers, or ``log_std``
-    :param log_std: SB3's state-independent log-std of a Gaussian (its block is ``2 Σ_s w_s · I``)
-    """
-    return MLPJacobian(hidden, output, x, params, log_std).fisher_vector_product(metric, state_weights)
-
-
 def _gaussian_mean_metric(std: Tensor) -> Callable[[Tensor], Callable[[Tensor], Tensor]]:
     """``M z = z / σ²`` for the mean of SB3's Gaussian (σ is state-independent)."""
     inverse_variance = 1 / (std * std)
@@ -336,12 +313,12 @@ class PolicyMLPActor:
         mask: Tensor | None = None,
     ) -> PolicyMLPActor | None:
         """The actor of ``policy`` on ``observations`` for ``params`` (default: :func:`trainable_actor_params`), or None."""
-        if params is None and isinstance(policy, ActorCriticPolicy) and mlp_actor_critic_unsupported(policy) is None:
-            params = trainable_actor_params(policy)
-        if not params or mlp_actor_unsupported(policy, params) is not None:
+        # No parameters to check against yet: the default is the actor's own, a subset by construction.
+        if mlp_actor_unsupported(policy, () if params is None else params) is not None:
             return None
         assert isinstance(policy, ActorCriticPolicy)
-        return cls(policy, observations, params, mask)
+        params = trainable_actor_params(policy) if params is None else params
+        return cls(policy, observations, params, mask) if params else None
 
     def subset(self, index: Tensor) -> PolicyMLPActor:
         """The same actor (still linearised at ``θ_old``) on the states at ``index``."""

@@ -113,9 +113,10 @@ def conjugate_gradient(
 def trust_region_step_scale(curvature: float, max_kl: float) -> float:
     """Scale ``s`` that puts ``Δ = s·x`` on the boundary of the quadratic trust region.
 
-    With ``KL(θ_old + Δ) ≈ ½ ΔᵀFΔ`` and ``curvature = xᵀFx``, solving ``½ s² xᵀFx = δ`` gives
-    ``s = sqrt(2δ / xᵀFx)``. Returns ``nan`` when the curvature is not positive and finite, so
-    callers can treat the step as invalid.
+    With the quadratic model ``KL(θ_old + Δ) ≈ ½ ΔᵀAΔ`` and ``curvature = xᵀAx``, solving
+    ``½ s² xᵀAx = δ`` gives ``s = sqrt(2δ / xᵀAx)``. TRPO's ``A`` is the damped Fisher ``F + λI``
+    whose system the direction solves. Returns ``nan`` when the curvature is not positive and
+    finite, so callers can treat the step as invalid.
     """
     if not (math.isfinite(curvature) and curvature > 0.0):
         return math.nan

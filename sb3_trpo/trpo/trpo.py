@@ -584,8 +584,11 @@ class TRPO(OnPolicyAlgorithm):
         if not th.isfinite(problem.gradient).all():
             return self._skip_policy_update("non-finite policy gradient", problem), problem.actor_params
 
+        def damped_fisher_vector_product(vector: th.Tensor) -> th.Tensor:  # (F + λI) v
+            return problem.fisher_vector_product(vector) + self.cg_damping * vector
+
         cg = conjugate_gradient(
-            lambda v: problem.fisher_vector_product(v) + self.cg_damping * v,
+            damped_fisher_vector_product,
             problem.gradient,
             max_steps=self.cg_max_steps,
             residual_tol=self.cg_residual_tol,
@@ -597,7 +600,7 @@ class TRPO(OnPolicyAlgorithm):
             return self._skip_policy_update("non-finite conjugate-gradient direction", problem), problem.actor_params
         # The curvature of the damped model the direction solves: x = (F + λI)⁻¹ g maximises gᵀΔ subject
         # to ½ Δᵀ(F + λI)Δ ≤ δ along s·x, as in the reference implementations (and sb3-contrib).
-        curvature = th.dot(direction, problem.fisher_vector_product(direction) + self.cg_damping * direction).item()
+        curvature = th.dot(direction, damped_fisher_vector_product(direction)).item()
         if not (math.isfinite(curvature) and curvature > 0.0):
             reason = f"non-positive or non-finite curvature xᵀ(F + λI)x = {curvature:.3g}"
             return self._skip_policy_update(reason, problem), problem.actor_params
