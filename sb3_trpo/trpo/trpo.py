@@ -199,7 +199,9 @@ class TRPO(OnPolicyAlgorithm):
         the same random draws;
         ``"sb3"``, SB3's own ``collect_rollouts``; or ``"auto"`` (default), ``"numpy"`` where the
         policy is covered and ``"sb3"`` otherwise (gSDE, other distributions, custom networks, a GPU).
-        Both collect the same rollouts (to float32 rounding), with the same callbacks.
+        Both collect the same rollouts (to float32 rounding), with the same callbacks; on chaotic
+        environments (MuJoCo) rounding differences grow along an episode, so the same seed gives
+        another trajectory with each method.
     :param kl_action_reduction: How the KL of one state adds up over independent action dimensions
         (diagonal Gaussian and Bernoulli actions): ``"sum"`` (default), the KL of the joint action
         distribution, as in the paper; or ``"mean"``, averaged over the dimensions, as
