@@ -346,7 +346,9 @@ def markdown_table(table: dict[str, dict[str, dict[str, Any]]]) -> str:
         "averaged over the evaluation points of the curve (a measure of learning speed). "
         f"Ratio and Δ compare the mean final return with {REFERENCE_ALGO}'s on the seeds both ran (their number "
         "in brackets); the interval is a 95% bootstrap interval of Δ, resampling each algorithm's seeds: "
-        "where it contains 0, these seeds cannot tell the two apart.",
+        "where it contains 0, these seeds cannot tell the two apart. The same seed does not pair two runs: "
+        "on chaotic tasks float rounding soon sends them along unrelated trajectories (`equivalence.py` "
+        "shows where), so each algorithm's seeds are resampled on their own.",
     ]
     if negative_envs:
         notes.append(
