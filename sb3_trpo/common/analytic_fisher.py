@@ -44,7 +44,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import PyTorchObs
 
 from sb3_trpo.common.natural_gradient import MatrixVectorProduct, flat_concat
-from sb3_trpo.common.reduction import batch_mean
+from sb3_trpo.common.reduction import mean_weights
 
 DistributionParameters = tuple[th.Tensor, ...]
 """The tensors ``η`` a distribution is written in, each of shape ``(batch, ...)``."""
@@ -66,11 +66,15 @@ def categorical_fisher_metric(parameters: DistributionParameters, tangent: Distr
 
     One block per sub-distribution: ``parameters`` holds the logits of each, shape ``(batch, n_k)``.
     """
-    products = []
-    for logits, tangent_logits in zip(parameters, tangent, strict=True):
-        probs = th.softmax(logits, dim=-1)
-        products.append(probs * (tangent_logits - (probs * tangent_logits).sum(dim=-1, keepdim=True)))
-    return tuple(products)
+    return tuple(
+        categorical_metric_product(th.softmax(logits, dim=-1), tangent_logits)
+        for logits, tangent_logits in zip(parameters, tangent, strict=True)
+    )
+
+
+def categorical_metric_product(probs: th.Tensor, tangent_logits: th.Tensor) -> th.Tensor:
+    """``(diag(p) − p pᵀ) u = p ⊙ (u − pᵀu)`` per state, from the probabilities ``p`` (the last dimension)."""
+    return probs * (tangent_logits - (probs * tangent_logits).sum(dim=-1, keepdim=True))
 
 
 def bernoulli_fisher_metric(parameters: DistributionParameters, tangent: DistributionParameters) -> DistributionParameters:
@@ -112,7 +116,7 @@ def jacobian_fisher_vector_product(
     varying = [index for index, parameter in enumerate(parameters) if parameter.requires_grad]
     outputs = [parameters[index] for index in varying]
     with th.enable_grad():
-        state_weights = _mean_weights(values[0], mask)
+        state_weights = mean_weights(values[0], mask)
         dummy_cotangents = [th.zeros_like(values[index], requires_grad=True) for index in varying]
         transposed = th.autograd.grad(outputs, params, dummy_cotangents, create_graph=True, allow_unused=True)
     used = [index for index, grad in enumerate(transposed) if grad is not None]
@@ -143,13 +147,6 @@ def jacobian_fisher_vector_product(
         return flat_concat([th.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)])
 
     return fisher_vector_product
-
-
-def _mean_weights(like: th.Tensor, mask: th.Tensor | None = None) -> th.Tensor:
-    """``∂ batch_mean(x) / ∂x_s`` (``1/N`` each, 0 where masked): the weight of each state in the mean."""
-    per_state = th.zeros(like.shape[0], dtype=like.dtype, device=like.device, requires_grad=True)
-    (weights,) = th.autograd.grad(batch_mean(per_state, mask), per_state)
-    return weights
 
 
 def _normal_parameters(distribution: Distribution) -> DistributionParameters:

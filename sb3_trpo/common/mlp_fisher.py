@@ -36,9 +36,10 @@ from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 
-from sb3_trpo.common.analytic_fisher import _mean_weights
+from sb3_trpo.common.analytic_fisher import categorical_metric_product
 from sb3_trpo.common.critic import Activation, activation_from_module, weight_gradient
 from sb3_trpo.common.natural_gradient import MatrixVectorProduct
+from sb3_trpo.common.reduction import mean_weights
 from sb3_trpo.common.rollout import mlp_actor_critic_unsupported
 
 Tensor = th.Tensor
@@ -232,14 +233,9 @@ def _gaussian_mean_metric(std: Tensor) -> Callable[[Tensor], Callable[[Tensor], 
 
 
 def _categorical_metric(eta: Tensor) -> Callable[[Tensor], Tensor]:
-    """``M z = p ⊙ z − p (pᵀz)`` in the logits, ``p = softmax(η)``."""
+    """``M z = (diag(p) − p pᵀ) z`` in the logits, ``p = softmax(η)`` computed once for every product."""
     probs = th.softmax(eta, dim=-1)
-
-    def apply(z: Tensor) -> Tensor:
-        weighted = probs * z
-        return weighted.sub_(probs * weighted.sum(dim=-1, keepdim=True))
-
-    return apply
+    return lambda z: categorical_metric_product(probs, z)
 
 
 def mlp_actor_unsupported(policy: nn.Module, params: Sequence[Tensor]) -> str | None:
@@ -363,7 +359,7 @@ class PolicyMLPActor:
 
     def fisher_vector_product(self) -> MatrixVectorProduct:
         """``v -> F v`` at ``θ_old``, the Fisher of the mean KL of the joint action distribution over the batch."""
-        state_weights = _mean_weights(self.features[:, 0], self.mask)
+        state_weights = mean_weights(self.features[:, 0], self.mask)
         if self.std_old is not None:
             return self.jacobian.fisher_vector_product(_gaussian_mean_metric(self.std_old), state_weights)
         return self.jacobian.fisher_vector_product(_categorical_metric, state_weights)

@@ -3,7 +3,9 @@
 Advantage statistics, the surrogate, the KL, and the critic loss all call :func:`batch_mean`
 (gradients and Fisher-vector products inherit it because they are derivatives of those means).
 A data-parallel TRPO, where each process collects its own rollouts, only has to replace this
-function with one that all-reduces the sum and the count through ``torch.distributed``.
+function with one that all-reduces the sum and the count through ``torch.distributed``. Products
+written out by hand (the MLP actor's Fisher product) take the weight of each state in that mean
+from :func:`mean_weights`, which differentiates :func:`batch_mean` itself.
 """
 
 from __future__ import annotations
@@ -24,3 +26,15 @@ def batch_std(values: th.Tensor, mask: th.Tensor | None = None) -> th.Tensor:
     n = values.numel() if mask is None else int(mask.sum())
     centred = values - batch_mean(values, mask)
     return th.sqrt(batch_mean(centred.pow(2), mask) * n / max(n - 1, 1))
+
+
+def mean_weights(like: th.Tensor, mask: th.Tensor | None = None) -> th.Tensor:
+    """``∂ batch_mean(x) / ∂x_s`` (``1/N`` each, 0 where masked): the weight of each state in the mean.
+
+    :param like: a tensor whose first dimension indexes the states (its dtype and device are used)
+    :param mask: the states that count in the mean (None: all)
+    """
+    per_state = th.zeros(like.shape[0], dtype=like.dtype, device=like.device, requires_grad=True)
+    with th.enable_grad():
+        (weights,) = th.autograd.grad(batch_mean(per_state, mask), per_state)
+    return weights

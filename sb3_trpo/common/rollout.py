@@ -120,12 +120,10 @@ class NumpyActorCritic:
     @classmethod
     def from_policy(cls, policy: BasePolicy) -> NumpyActorCritic | None:
         """The NumPy counterpart of ``policy``, or None where :func:`numpy_actor_critic_unsupported` says why not."""
-        if not isinstance(policy, ActorCriticPolicy):
+        if numpy_actor_critic_unsupported(policy) is not None:
             return None
-        try:
-            return cls(policy)  # checks the policy once
-        except ValueError:
-            return None
+        assert isinstance(policy, ActorCriticPolicy)  # numpy_actor_critic_unsupported checks it
+        return cls(policy)
 
     def features(self, observations: Array) -> Array:
         """SB3's ``preprocess_obs`` then ``FlattenExtractor``: float32, one row per environment."""

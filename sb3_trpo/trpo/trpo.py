@@ -466,9 +466,7 @@ class TRPO(OnPolicyAlgorithm):
             # get_distribution() updates the policy's distribution object in place: keep a shallow copy.
             old_distribution = copy.copy(self._distribution(batch))
         distribution = self._distribution(batch)
-        objective = surrogate_objective(
-            distribution.log_prob(batch.actions), batch.behaviour_log_prob, batch.advantages, batch.mask
-        )
+        objective = self._surrogate(distribution, batch)
 
         # The actor is whatever the action distribution depends on: no reliance on parameter names.
         params = [param for param in self.policy.parameters() if param.requires_grad]
@@ -518,11 +516,7 @@ class TRPO(OnPolicyAlgorithm):
         ``g = Jᵀ ∂L/∂η`` and ``F v = Jᵀ M J v`` by hand, the distributions SB3's own, built from ``η``.
         """
         old_distribution = actor.distribution(actor.outputs_old)
-        objective, gradient = actor.gradient(
-            lambda distribution: surrogate_objective(
-                distribution.log_prob(batch.actions), batch.behaviour_log_prob, batch.advantages, batch.mask
-            )
-        )
+        objective, gradient = actor.gradient(lambda distribution: self._surrogate(distribution, batch))
         fisher_actor = actor.subset(self._fisher_index(batch)) if self.fisher_sub_sampling_factor > 1 else actor
         fisher_vector_product = self._reduced_fisher(fisher_actor.fisher_vector_product(), old_distribution)
 
@@ -569,10 +563,15 @@ class TRPO(OnPolicyAlgorithm):
         """``KL(π_old(·|s) ‖ π_new(·|s))`` per state, over the action dimensions as ``kl_action_reduction`` says."""
         return kl_per_state(old, new, self.kl_action_reduction)
 
-    def _evaluate(self, candidate: Distribution, old_distribution: Distribution, batch: PolicyBatch) -> PolicyEvaluation:
-        objective = surrogate_objective(
-            candidate.log_prob(batch.actions), batch.behaviour_log_prob, batch.advantages, batch.mask
+    @staticmethod
+    def _surrogate(distribution: Distribution, batch: PolicyBatch) -> th.Tensor:
+        """:func:`surrogate_objective` of ``distribution`` on ``batch``'s actions, behaviour log-probs and advantages."""
+        return surrogate_objective(
+            distribution.log_prob(batch.actions), batch.behaviour_log_prob, batch.advantages, batch.mask
         )
+
+    def _evaluate(self, candidate: Distribution, old_distribution: Distribution, batch: PolicyBatch) -> PolicyEvaluation:
+        objective = self._surrogate(candidate, batch)
         # KL ≥ 0; float32 round-off can put a tiny step's value slightly below.
         kl = self._kl_per_state(old_distribution, candidate).clamp_min(0.0)
         kl_max = (kl if batch.mask is None else kl[batch.mask]).max()

@@ -20,7 +20,6 @@ from sb3_trpo.trpo.trpo import (
     PolicyBatch,
     PolicyEvaluation,
     PolicyUpdateStats,
-    surrogate_objective,
 )
 
 POLICY_OPTIMIZERS = ("natural", "first_order")
@@ -215,9 +214,7 @@ class TRPOPenalty(TRPO):
         for index, old_distribution in zip(minibatches, old_distributions, strict=True):
             minibatch = batch.subset(index)
             distribution = self._distribution(minibatch)
-            objective = surrogate_objective(
-                distribution.log_prob(minibatch.actions), minibatch.behaviour_log_prob, minibatch.advantages, minibatch.mask
-            )
+            objective = self._surrogate(distribution, minibatch)
             loss = -(objective - self.beta * batch_mean(self._kl_per_state(old_distribution, distribution), minibatch.mask))
             self.policy_adam.zero_grad()
             loss.backward()
