@@ -139,8 +139,12 @@ def format_number(value: float, digits: int = 1) -> str:
 
 
 def write_text(path: Path, text: str) -> None:
+    """Write ``path`` atomically (a temporary file, then ``os.replace``): an interruption never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as handle:
+        handle.write(text)
+    os.chmod(handle.name, 0o644)
+    os.replace(handle.name, path)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -159,6 +163,13 @@ def replace_marked_block(path: Path, name: str, content: str) -> None:
         raise ValueError(f"{path} must contain exactly one {start} ... {end} block")
     block = f"{start}\n{content.strip()}\n{end}"
     write_text(path, pattern.sub(lambda _: block, text))
+
+
+def commit_files(paths: Sequence[Path], message: str) -> None:
+    """``git add`` and commit exactly ``paths`` (whatever else is staged stays out of the commit)."""
+    names, repository = [str(Path(path).resolve()) for path in paths], Path(paths[0]).resolve().parent
+    subprocess.run(["git", "add", "--", *names], cwd=repository, check=True, capture_output=True)
+    subprocess.run(["git", "commit", "-q", "-m", message, "--", *names], cwd=repository, check=True)
 
 
 def finish_return_plot(figure: Any, axes: Any, title: str, path: Path) -> None:

@@ -1,27 +1,78 @@
-"""rl-zoo's tuned settings for the benchmarked algorithms, and the one model builder every benchmark uses.
+"""The benchmarks' one model builder: (algorithm, environment) -> the zoo file's entry -> the model.
 
-Each table maps an environment id to a dict laid out like an rl-zoo ``hyperparams/*.yml`` entry:
-``n_envs``, ``n_timesteps``, ``normalize`` (wrap the env in ``VecNormalize``) and ``policy`` set up
-the run; every other key goes to the algorithm's constructor unchanged.
+Hyperparameters live in zoo files only, nowhere in ``benchmarks/``:
 
-Sources (rl-baselines3-zoo): ``hyperparams/trpo.yml`` (the MuJoCo entries are its "mujoco-defaults",
-tuned on the -v4 tasks; we use them on -v5 with 3e5 steps) and ``hyperparams/ppo.yml`` (CartPole-v1
-and Pendulum-v1 tuned; for MuJoCo, rl-zoo's untuned "mujoco-defaults": SB3's PPO defaults with
-``normalize: true``).
+- our algorithms: ``sb3_trpo/zoo/hyperparams/{trpo,trpo_penalty,trpo_lstm,trpo_penalty_lstm}.yml``, the files
+  ``python -m sb3_trpo.zoo train`` reads;
+- sb3-contrib's TRPO: our ``trpo.yml`` entry (rl-zoo's ``trpo.yml`` with the -v5 tasks added) without the keys
+  that only our TRPO takes (``kl_action_reduction``: sb3-contrib's KL is already the mean over action dimensions);
+- SB3's PPO and sb3-contrib's RecurrentPPO: ``ppo.yml`` and ``ppo_lstm.yml`` as the installed rl_zoo3 ships them.
 
-Adding an algorithm is one line in ``ALGORITHMS``: the class as ``"module:Class"`` (imported on
-first use) and the table it takes its hyperparameters from.
+An entry is read as rl_zoo3 reads it (``ExperimentManager.read_hyperparameters`` and ``_preprocess_hyperparams``):
+YAML anchors and ``<<:`` merges, ``!!float``, ``lin_<x>`` schedules, ``normalize`` (``true`` or a dict or string of
+``VecNormalize`` arguments, whose ``gamma`` is the algorithm's), ``policy_kwargs`` strings evaluated with ``nn`` in
+scope, ``n_envs`` (default 1), ``n_timesteps`` and ``policy``. Where rl_zoo3 differs: a task without an entry is an
+error here (rl_zoo3 falls back to the untuned ``default`` entry), and a -v5 MuJoCo task without one takes its -v4
+entry, as our files do for theirs.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+import importlib.util
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """An algorithm of the benchmarks: its class and zoo file (``"package:file.yml"``, the package's ``hyperparams/``).
+
+    ``variant`` holds the constructor arguments that make this algorithm what it is (not a task's hyperparameters);
+    ``drop_unsupported`` drops the entry's keys the class does not take (sb3-contrib's TRPO reading our file).
+    """
+
+    class_path: str
+    zoo_file: str
+    variant: dict[str, Any] = field(default_factory=dict)
+    drop_unsupported: bool = False
+
+    def load_class(self) -> type[BaseAlgorithm]:
+        module, name = self.class_path.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    @property
+    def zoo_path(self) -> Path:
+        package, name = self.zoo_file.split(":")
+        locations = importlib.util.find_spec(package).submodule_search_locations  # no import: rl_zoo3's is slow
+        folder = "zoo/hyperparams" if package == "sb3_trpo" else "hyperparams"
+        return Path(next(iter(locations))) / folder / name
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "sb3_trpo": Algorithm("sb3_trpo:TRPO", "sb3_trpo:trpo.yml"),
+    "sb3_trpo_penalty": Algorithm("sb3_trpo:TRPOPenalty", "sb3_trpo:trpo_penalty.yml"),
+    "sb3_trpo_penalty_first_order": Algorithm(
+        "sb3_trpo:TRPOPenalty", "sb3_trpo:trpo_penalty.yml", {"policy_optimizer": "first_order"}
+    ),
+    "sb3_contrib": Algorithm("sb3_contrib:TRPO", "sb3_trpo:trpo.yml", drop_unsupported=True),
+    "ppo": Algorithm("stable_baselines3:PPO", "rl_zoo3:ppo.yml"),
+    "sb3_trpo_lstm": Algorithm("sb3_trpo:RecurrentTRPO", "sb3_trpo:trpo_lstm.yml"),
+    "sb3_trpo_penalty_lstm": Algorithm("sb3_trpo:RecurrentTRPOPenalty", "sb3_trpo:trpo_penalty_lstm.yml"),
+    "recurrent_ppo": Algorithm("sb3_contrib:RecurrentPPO", "rl_zoo3:ppo_lstm.yml"),
+}
+
+# Keys of an entry that set up the run; all the others are constructor arguments.
+RUN_KEYS = ("n_envs", "n_timesteps", "normalize", "policy")
+# Keys of rl_zoo3's entries that these benchmarks do not implement: an entry with one is refused, not half-read.
+_UNSUPPORTED_KEYS = ("env_wrapper", "vec_env_wrapper", "frame_stack", "callback", "env_kwargs", "monitor_kwargs")
 
 
 def linear_schedule(initial_value: float):
@@ -33,184 +84,94 @@ def linear_schedule(initial_value: float):
     return schedule
 
 
-_TRPO_MUJOCO: dict[str, Any] = {
-    "normalize": True,
-    "n_envs": 2,
-    "n_timesteps": 300_000,
-    "policy": "MlpPolicy",
-    "batch_size": 128,
-    "n_steps": 1024,
-    "gamma": 0.99,
-    "gae_lambda": 0.95,
-    "sub_sampling_factor": 1,
-    "cg_max_steps": 25,
-    "cg_damping": 0.1,
-    "n_critic_updates": 20,
-    "learning_rate": 1e-3,
-}
-
-TRPO_HYPERPARAMS: dict[str, dict[str, Any]] = {
-    "CartPole-v1": {
-        "normalize": False,
-        "n_envs": 2,
-        "n_timesteps": 100_000,
-        "policy": "MlpPolicy",
-        "n_steps": 512,
-        "batch_size": 512,
-        "cg_damping": 1e-3,
-        "gae_lambda": 0.98,
-        "gamma": 0.99,
-        "learning_rate": 1e-3,
-        "n_critic_updates": 20,
-    },
-    "Pendulum-v1": {
-        "normalize": False,
-        "n_envs": 2,
-        "n_timesteps": 100_000,
-        "policy": "MlpPolicy",
-        "n_steps": 1024,
-        "gamma": 0.9,
-        "n_critic_updates": 15,
-        "use_sde": True,
-        "sde_sample_freq": 4,
-    },
-    "HalfCheetah-v5": {**_TRPO_MUJOCO, "target_kl": 0.04},
-    "Hopper-v5": dict(_TRPO_MUJOCO),
-}
-
-# rl-zoo tuned the MuJoCo target_kl with sb3-contrib's KL, averaged over the action dimensions; ours
-# keeps that meaning with kl_action_reduction="mean" (as our zoo files do), the same trust region.
-# CartPole (discrete) and Pendulum (one dimension) are the same either way.
-OUR_TRPO_HYPERPARAMS: dict[str, dict[str, Any]] = {
-    env_id: {**entry, "kl_action_reduction": "mean"} if env_id.endswith("-v5") else dict(entry)
-    for env_id, entry in TRPO_HYPERPARAMS.items()
-}
-
-_PPO_MUJOCO: dict[str, Any] = {"normalize": True, "n_envs": 1, "n_timesteps": 300_000, "policy": "MlpPolicy"}
-
-PPO_HYPERPARAMS: dict[str, dict[str, Any]] = {
-    "CartPole-v1": {
-        "normalize": False,
-        "n_envs": 8,
-        "n_timesteps": 100_000,
-        "policy": "MlpPolicy",
-        "n_steps": 32,
-        "batch_size": 256,
-        "gae_lambda": 0.8,
-        "gamma": 0.98,
-        "n_epochs": 20,
-        "ent_coef": 0.0,
-        "learning_rate": linear_schedule(1e-3),
-        "clip_range": linear_schedule(0.2),
-    },
-    "Pendulum-v1": {
-        "normalize": False,
-        "n_envs": 4,
-        "n_timesteps": 100_000,
-        "policy": "MlpPolicy",
-        "n_steps": 1024,
-        "gae_lambda": 0.95,
-        "gamma": 0.9,
-        "n_epochs": 10,
-        "ent_coef": 0.0,
-        "learning_rate": 1e-3,
-        "clip_range": 0.2,
-        "use_sde": True,
-        "sde_sample_freq": 4,
-    },
-    "HalfCheetah-v5": dict(_PPO_MUJOCO),
-    "Hopper-v5": dict(_PPO_MUJOCO),
-}
-
-
-@dataclass(frozen=True)
-class AlgorithmSpec:
-    """An algorithm of the benchmarks: its class, as ``"module:Class"``, and its hyperparameter table."""
-
-    class_path: str
-    hyperparams: dict[str, dict[str, Any]]
-
-    def load_class(self) -> type[BaseAlgorithm]:
-        module, name = self.class_path.split(":")
-        return getattr(importlib.import_module(module), name)
-
-
-ALGORITHMS: dict[str, AlgorithmSpec] = {
-    "sb3_trpo": AlgorithmSpec("sb3_trpo:TRPO", OUR_TRPO_HYPERPARAMS),
-    "sb3_trpo_penalty": AlgorithmSpec("sb3_trpo:TRPOPenalty", OUR_TRPO_HYPERPARAMS),
-    "sb3_contrib": AlgorithmSpec("sb3_contrib:TRPO", TRPO_HYPERPARAMS),
-    "ppo": AlgorithmSpec("stable_baselines3:PPO", PPO_HYPERPARAMS),
-}
-
-# Keys of a table entry that set up the run; all the others are constructor arguments.
-RUN_KEYS = ("n_envs", "n_timesteps", "normalize", "policy")
+def zoo_entry(algo: str, env_id: str) -> tuple[str, dict[str, Any]]:
+    """The key and the entry (merges resolved) of ``env_id`` in ``algo``'s zoo file; a KeyError names the file."""
+    if algo not in ALGORITHMS:
+        raise KeyError(f"unknown algorithm {algo!r}; available: {sorted(ALGORITHMS)}")
+    path = ALGORITHMS[algo].zoo_path
+    table = yaml.safe_load(path.read_text(encoding="utf-8"))
+    candidates = [env_id] + ([env_id[:-3] + "-v4"] if env_id.endswith("-v5") else [])
+    for key in candidates:
+        if key in table:
+            return key, dict(table[key])
+    raise KeyError(f"no entry for {env_id!r} in {path} ({algo}); add one there, the one place hyperparameters live")
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    """One algorithm's settings on one environment, split into the run's set-up and the constructor's kwargs."""
+    """An entry split into the run's set-up and the constructor's arguments."""
 
     n_envs: int
     n_timesteps: int
-    normalize: bool
+    normalize: dict[str, Any] | None  # VecNormalize's arguments, None without normalisation
     policy: str
     algo_kwargs: dict[str, Any]
+    described: dict[str, Any]  # JSON-friendly: the entry as written, what a result stores
 
 
 def run_settings(algo: str, env_id: str) -> RunSettings:
-    """The rl-zoo settings of ``algo`` on ``env_id``; a KeyError lists what is available."""
-    if algo not in ALGORITHMS:
-        raise KeyError(f"unknown algorithm {algo!r}; available: {sorted(ALGORITHMS)}")
-    table = ALGORITHMS[algo].hyperparams
-    if env_id not in table:
-        raise KeyError(f"no {algo} hyperparameters for {env_id!r}; available: {sorted(table)}")
-    entry = table[env_id]
-    algo_kwargs = {key: value for key, value in entry.items() if key not in RUN_KEYS}
-    return RunSettings(
-        n_envs=int(entry["n_envs"]),
-        n_timesteps=int(entry["n_timesteps"]),
-        normalize=bool(entry["normalize"]),
-        policy=str(entry["policy"]),
-        algo_kwargs=algo_kwargs,
-    )
+    """``algo``'s settings on ``env_id``, read from its zoo file as rl_zoo3 reads them."""
+    import torch as th
+    from torch import nn
+
+    spec = ALGORITHMS[algo]
+    key, kwargs = zoo_entry(algo, env_id)
+    refused = [name for name in _UNSUPPORTED_KEYS if name in kwargs]
+    if refused:
+        raise NotImplementedError(f"{spec.zoo_path} [{key}]: {refused} are not supported by the benchmarks")
+    if spec.drop_unsupported:
+        accepted = inspect.signature(spec.load_class()).parameters
+        kwargs = {name: value for name, value in kwargs.items() if name in accepted or name in RUN_KEYS}
+    kwargs.update(spec.variant)
+    described = {"class": spec.class_path, "zoo_file": f"{spec.zoo_file} [{key}]", **kwargs}
+
+    n_envs = int(kwargs.pop("n_envs", 1))
+    n_timesteps = int(kwargs.pop("n_timesteps"))
+    policy = str(kwargs.pop("policy"))
+    normalize = kwargs.pop("normalize", False)
+    if isinstance(normalize, str):
+        normalize = eval(normalize)
+    if normalize:
+        normalize = dict(normalize) if isinstance(normalize, dict) else {}
+        if "gamma" in kwargs:  # rl_zoo3 discounts the reward statistics with the algorithm's gamma
+            normalize["gamma"] = kwargs["gamma"]
+    for name in ("learning_rate", "clip_range", "clip_range_vf"):
+        if isinstance(kwargs.get(name), str):  # "lin_0.001"
+            kwargs[name] = linear_schedule(float(kwargs[name].split("_")[1]))
+    if isinstance(kwargs.get("policy_kwargs"), str):
+        kwargs["policy_kwargs"] = eval(kwargs["policy_kwargs"], {"nn": nn, "th": th})
+    described["n_timesteps"] = n_timesteps  # an int, where YAML's !!float 1e6 reads as a float
+    return RunSettings(n_envs, n_timesteps, normalize or None, policy, kwargs, described)
 
 
 def describe_settings(algo: str, env_id: str) -> dict[str, Any]:
-    """The settings as JSON-friendly values (schedules shown by name), to store beside the results."""
-    settings = run_settings(algo, env_id)
-    described: dict[str, Any] = {
-        "class": ALGORITHMS[algo].class_path,
-        "n_envs": settings.n_envs,
-        "n_timesteps": settings.n_timesteps,
-        "normalize": settings.normalize,
-        "policy": settings.policy,
-    }
-    for key, value in settings.algo_kwargs.items():
-        if callable(value):
-            initial = value(1.0)
-            value = f"lin_{initial:g}"
-        described[key] = value
-    return described
+    """The settings as written in the zoo file (schedules and ``policy_kwargs`` as strings), to store with a result."""
+    return run_settings(algo, env_id).described
 
 
-def make_training_env(env_id: str, n_envs: int, seed: int, normalize: bool, gamma: float) -> VecEnv:
-    """``n_envs`` Monitor-wrapped copies in a DummyVecEnv, with rl-zoo's ``VecNormalize`` when ``normalize``."""
+def make_env(env_id: str, n_envs: int, seed: int, normalize: dict[str, Any] | None, training: bool = True) -> VecEnv:
+    """``n_envs`` Monitor-wrapped copies in a DummyVecEnv, in ``VecNormalize`` when ``normalize`` (rl_zoo3's env).
+
+    An evaluation env (``training=False``) keeps its statistics frozen and returns the environment's own rewards.
+    """
+    import gymnasium
+
+    if env_id not in gymnasium.registry:
+        import rl_zoo3.import_envs  # noqa: F401  (registers rl-zoo's tasks, e.g. CartPoleNoVel-v1)
     env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
-    if normalize:
-        # rl-zoo normalises observations and rewards, discounting the reward statistics with the algorithm's gamma.
-        env = VecNormalize(env, gamma=gamma)
+    if normalize is not None:
+        frozen = {"training": False, "norm_reward": False, "norm_obs": normalize.get("norm_obs", True)}
+        env = VecNormalize(env, **(normalize if training else frozen))
     return env
 
 
 def make_model(algo: str, env_id: str, seed: int, device: str = "cpu", verbose: int = 0, **overrides: Any) -> BaseAlgorithm:
-    """Build ``algo`` on ``env_id`` with rl-zoo's settings, seeded with ``seed``.
+    """Build ``algo`` on ``env_id`` with its zoo settings, seeded with ``seed``.
 
-    ``overrides`` replace constructor arguments of the table (not ``n_envs`` or ``normalize``).
-    The number of training steps is ``run_settings(algo, env_id).n_timesteps``.
+    ``overrides`` replace constructor arguments of the entry (not ``n_envs`` or ``normalize``). The number of
+    training steps is ``run_settings(algo, env_id).n_timesteps``.
     """
     settings = run_settings(algo, env_id)
+    env = make_env(env_id, settings.n_envs, seed, settings.normalize)
     kwargs = {**settings.algo_kwargs, **overrides}
-    gamma = float(kwargs.get("gamma", 0.99))
-    env = make_training_env(env_id, settings.n_envs, seed, settings.normalize, gamma)
-    algorithm_class = ALGORITHMS[algo].load_class()
-    return algorithm_class(settings.policy, env, seed=seed, device=device, verbose=verbose, **kwargs)
+    return ALGORITHMS[algo].load_class()(settings.policy, env, seed=seed, device=device, verbose=verbose, **kwargs)
