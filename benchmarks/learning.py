@@ -1,19 +1,17 @@
-"""Learning curves: our TRPO, sb3-contrib's TRPO and SB3's PPO side by side, with rl-zoo's tuned settings.
+"""Learning runs, the one driver: (algorithm, task, seed) -> the deterministic policy's returns, one JSON file per run.
 
-Every (environment, seed, algorithm) is trained in its own fresh process, one at a time, with one
-torch thread. What is measured is the return of the *deterministic* policy on a separate evaluation
-environment (its ``VecNormalize`` statistics copied from the training env, rewards not normalised):
-``--eval-episodes`` episodes at ``--eval-points`` evenly spaced moments of training plus the start,
-and ``--final-eval-episodes`` episodes at the end. The evaluation env is re-seeded before each
-evaluation, so every evaluation of a run (and every algorithm on the same seed) starts from the same
-initial states, and evaluating never touches the training's random streams.
+A campaign (``CAMPAIGNS``) names a set of runs, their folder ``results/runs/<campaign>/`` and their report:
 
-    python benchmarks/learning.py --envs CartPole-v1 Pendulum-v1 --seeds 0 1 2
+    python benchmarks/learning.py --campaign mujoco --jobs 2 --commit     # resumable: run it again to continue
+    python benchmarks/learning.py --campaign mujoco --report-only --update-readme README.md
+    python benchmarks/learning.py --envs CartPole-v1 --algos sb3_trpo --seeds 0 --steps 4096 --out /tmp/smoke
 
-writes ``results/learning.json`` (curves, final returns, settings, diagnostics; runs of environments
-not trained this time are kept from the previous file), ``results/learning.md`` (the table) and
-``results/learning_<env>.png``; the per-run files, with every logged ``train/`` value, go to
-``benchmarks/runs/``.
+Each run: a fresh process with one torch thread, the algorithm built from its zoo file (``hyperparams.py``),
+evaluations of the deterministic policy along training (with the training wall-clock time so far) and at the
+end (so many episodes, or rl-zoo's protocol: every episode that ends within N steps), the KL (and β) of every
+update and the mean of each ``train/`` value read from SB3's logger. A finished run is written at once,
+atomically; runs already on disk are skipped. The report is rebuilt from whatever runs exist.
+``benchmarks/README.md`` describes the protocol and how it matches rl-zoo's.
 """
 
 from __future__ import annotations
@@ -22,15 +20,16 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from common import (
-    BENCHMARKS_DIR,
     DEFAULT_RESULTS_DIR,
-    check_single_source,
+    commit_files,
     finish_return_plot,
     format_number,
     git_commit,
@@ -40,26 +39,189 @@ from common import (
     set_single_thread,
     source_fingerprint,
     versions,
-    write_json,
     write_text,
 )
-from hyperparams import ALGORITHMS, describe_settings, make_model, run_settings
+from hyperparams import ALGORITHMS, make_env, make_model, run_settings
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 
-DEFAULT_ENVS = ("CartPole-v1", "Pendulum-v1")
-DEFAULT_ALGOS = ("sb3_trpo", "sb3_contrib", "ppo")
-REFERENCE_ALGO = "sb3_contrib"
+Run = dict[str, Any]  # one run's JSON
+Groups = dict[str, dict[tuple[str, int], list[Run]]]  # {env: {(algo, steps): runs by seed}}
+MUJOCO_ENVS = ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Ant-v5", "Swimmer-v5")
 EVAL_SEED_OFFSET = 10_000  # the evaluation env of seed s is seeded with s + EVAL_SEED_OFFSET
-TABLE_MARKER = "learning-table"
-ALGO_LABELS = {
-    "sb3_trpo": "sb3_trpo (ours)",
-    "sb3_trpo_penalty": "sb3_trpo penalty (ours)",
-    "sb3_contrib": "sb3_contrib TRPO",
-    "ppo": "SB3 PPO",
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """A set of runs: tasks, algorithms with their number of seeds (0, 1, ...), and how the runs are evaluated."""
+
+    title: str
+    envs: tuple[str, ...]
+    seeds: dict[str, int]  # algorithm -> number of seeds; the tables' order
+    reference: str  # the algorithm the ratio and Δ columns compare with
+    final_eval_episodes: int = 20
+    final_eval_steps: int | None = None  # rl-zoo's benchmark: every episode that ends within this many steps
+    readme_extras: bool = False  # the README block also gets the time-to-target table and the plots
+    notes: list[str] = field(default_factory=list)
+
+
+CAMPAIGNS: dict[str, Campaign] = {
+    "learning": Campaign(
+        "Learning benchmark", ("CartPole-v1", "Pendulum-v1"), dict(sb3_trpo=3, sb3_contrib=3, ppo=3), "sb3_contrib"
+    ),
+    "penalty": Campaign(
+        "Penalty vs constraint",
+        ("CartPole-v1",),
+        dict(sb3_trpo=3, sb3_trpo_penalty=3, sb3_trpo_penalty_first_order=3),
+        "sb3_trpo",
+    ),
+    "recurrent": Campaign(
+        "Recurrent TRPO on CartPoleNoVel-v1",
+        ("CartPoleNoVel-v1",),
+        dict(sb3_trpo_lstm=3, sb3_trpo=3, recurrent_ppo=3),
+        "recurrent_ppo",
+        notes=[
+            "CartPoleNoVel-v1 is CartPole-v1 without the velocities in the observation (rl-zoo's MaskVelocityWrapper): "
+            "a policy must remember past positions. The feed-forward TRPO baseline needs a CartPoleNoVel-v1 entry in "
+            "trpo.yml to be run again; its runs here used CartPole-v1's settings with normalize: true and 150k steps."
+        ],
+    ),
+    "mujoco": Campaign(
+        "MuJoCo at 1M steps",
+        MUJOCO_ENVS,
+        dict(sb3_trpo=5, sb3_trpo_penalty=3, sb3_contrib=3),
+        "sb3_contrib",
+        final_eval_steps=150_000,
+        readme_extras=True,
+    ),
 }
-ALGO_COLORS = {"sb3_trpo": "tab:blue", "sb3_trpo_penalty": "tab:purple", "sb3_contrib": "tab:orange", "ppo": "tab:green"}
+
+# rl-baselines3-zoo's benchmark.md (github.com/DLR-RM/rl-baselines3-zoo): sb3-contrib's TRPO, one trained agent per
+# task, 1M steps on the -v3 tasks; mean ± std over the episodes of a 150k-step deterministic evaluation.
+PUBLISHED_SOURCE = "rl-baselines3-zoo benchmark.md, TRPO"
+PUBLISHED_STEPS = 1_000_000
+PUBLISHED: dict[str, tuple[str, float, float, int]] = {  # task -> (env id, mean, std, episodes)
+    "HalfCheetah": ("HalfCheetah-v3", 1785.476, 68.672, 150),
+    "Hopper": ("Hopper-v3", 3618.386, 356.768, 152),
+    "Walker2d": ("Walker2d-v3", 4933.148, 1452.538, 163),
+    "Ant": ("Ant-v3", 4982.301, 663.761, 153),
+    "Swimmer": ("Swimmer-v3", 365.663, 2.087, 150),
+}
+TARGETS = {"CartPoleNoVel-v1": 400.0}  # the recurrent issue's target; elsewhere the published score is the target
 
 
-# ---------------------------------------------------------------------- one training run (worker side)
+def published(env_id: str) -> tuple[str, float, float, int] | None:
+    return PUBLISHED.get(env_id.rsplit("-v", 1)[0])
+
+
+def target(env_id: str) -> float | None:
+    return published(env_id)[1] if published(env_id) else TARGETS.get(env_id)
+
+
+# ---------------------------------------------------------------------- one run (worker side)
+
+
+def run_policy(model: Any, env: VecEnv, seed: int, episodes: int | None, steps: int | None = None) -> list[float]:
+    """Returns (Monitor's, the environment's own rewards) of the deterministic policy on ``env`` (one env),
+    from the same initial states every time: ``episodes`` whole episodes, or every episode that ends within
+    ``steps`` steps (at least one), as rl-zoo's ``benchmark.py`` runs ``enjoy.py``.
+    """
+    env.seed(seed)
+    observation, state, episode_start = env.reset(), None, np.ones(1, dtype=bool)
+    returns: list[float] = []
+    taken = 0
+    while (len(returns) < episodes) if steps is None else (taken < steps or not returns):
+        action, state = model.predict(observation, state=state, episode_start=episode_start, deterministic=True)
+        observation, _, episode_start, infos = env.step(action)
+        taken += 1
+        if episode_start[0]:
+            returns.append(float(infos[0]["episode"]["r"]))
+    return returns
+
+
+class Recorder(BaseCallback):
+    """Evaluates between updates and keeps what each update logged, through SB3's public callback and logger API.
+
+    At the start of each rollout the policy has learnt from every step collected so far (``num_timesteps``),
+    and the logger still holds the last update's ``train/`` values (they are dumped after the rollout).
+    """
+
+    def __init__(self, eval_env: VecEnv, eval_seed: int, eval_every: float | None, eval_episodes: int, final: dict):
+        super().__init__()
+        self.eval_env, self.eval_seed, self.eval_every = eval_env, eval_seed, eval_every
+        self.eval_episodes, self.final = eval_episodes, final
+        self.curve: dict[str, list[float]] = {"eval_timesteps": [], "eval_elapsed_s": [], "eval_mean": [], "eval_std": []}
+        self.trace: dict[str, list[float]] = {"timesteps": [], "kl": [], "beta": []}
+        self.train_values: dict[str, list[float]] = {}
+        self.times = {"eval_wall": 0.0, "eval_cpu": 0.0, "update_wall": 0.0, "update_cpu": 0.0}
+        self.final_returns: list[float] = []
+        self._update_start: tuple[float, float] | None = None
+
+    def _on_training_start(self) -> None:
+        self.start = (time.perf_counter(), time.process_time())
+        self.next_eval = 0.0 if self.eval_every else float("inf")
+
+    def _on_rollout_end(self) -> None:
+        self._update_start = (time.perf_counter(), time.process_time())
+
+    def _on_rollout_start(self) -> None:
+        self._end_update()
+        if self.num_timesteps >= self.next_eval:
+            self._evaluate(self.eval_episodes)
+            while self.next_eval <= self.num_timesteps:
+                self.next_eval += self.eval_every
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_training_end(self) -> None:
+        self._end_update()
+        self.learn_wall_s = time.perf_counter() - self.start[0] - self.times["eval_wall"]
+        self.learn_cpu_s = time.process_time() - self.start[1] - self.times["eval_cpu"]
+        self.final_returns = self._evaluate(**self.final)
+
+    def _end_update(self) -> None:
+        if self._update_start is None:
+            return
+        self.times["update_wall"] += time.perf_counter() - self._update_start[0]
+        self.times["update_cpu"] += time.process_time() - self._update_start[1]
+        self._update_start = None
+        logged = {key: float(value) for key, value in self.logger.name_to_value.items() if key.startswith("train/")}
+        for key, value in logged.items():
+            self.train_values.setdefault(key, []).append(value)
+        kl = logged.get("train/kl_divergence", logged.get("train/kl_divergence_loss"))  # ours, sb3-contrib's
+        if kl is not None:
+            self.trace["timesteps"].append(self.num_timesteps)
+            self.trace["kl"].append(kl)
+            if "train/beta" in logged:
+                self.trace["beta"].append(logged["train/beta"])
+
+    def _evaluate(self, episodes: int | None, steps: int | None = None) -> list[float]:
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
+        sync_envs_normalization(self.training_env, self.eval_env)
+        returns = run_policy(self.model, self.eval_env, self.eval_seed, episodes, steps)
+        self.curve["eval_timesteps"].append(int(self.num_timesteps))
+        self.curve["eval_elapsed_s"].append(start_wall - self.start[0] - self.times["eval_wall"])
+        self.curve["eval_mean"].append(float(np.mean(returns)))
+        self.curve["eval_std"].append(float(np.std(returns)))
+        self.times["eval_wall"] += time.perf_counter() - start_wall
+        self.times["eval_cpu"] += time.process_time() - start_cpu
+        return returns
+
+    def result(self) -> dict[str, Any]:
+        """Curve, final returns, times (``learn_*``: evaluations excluded), KL trace and mean ``train/`` values."""
+        return {
+            **self.curve,
+            "final_returns": self.final_returns,
+            "final_mean": float(np.mean(self.final_returns)),
+            "learn_wall_s": self.learn_wall_s,
+            "learn_cpu_s": self.learn_cpu_s,
+            "update_wall_s": self.times["update_wall"],
+            "update_cpu_s": self.times["update_cpu"],
+            "eval_wall_s": self.times["eval_wall"],
+            "train_means": {key: float(np.mean(values)) for key, values in sorted(self.train_values.items())},
+            "trace": {key: values for key, values in self.trace.items() if values},
+        }
 
 
 def train_and_evaluate(
@@ -70,437 +232,520 @@ def train_and_evaluate(
     eval_points: int = 20,
     eval_episodes: int = 10,
     final_eval_episodes: int = 20,
+    final_eval_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Train ``algo`` on ``env_id`` with rl-zoo's settings and evaluate it along the way; JSON-friendly result.
+    """Train ``algo`` on ``env_id`` with its zoo settings, evaluating along the way; a JSON-friendly result.
 
     ``eval_points=0`` evaluates only at the end; the final evaluation is the same either way.
     """
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import VecNormalize
-
     settings = run_settings(algo, env_id)
     n_timesteps = settings.n_timesteps if n_timesteps is None else n_timesteps
+    source = source_fingerprint()  # of the code imported now, the code that runs
     model = make_model(algo, env_id, seed)
-    source = source_fingerprint()
-
-    eval_env = make_vec_env(env_id, n_envs=1, seed=seed + EVAL_SEED_OFFSET)
-    if settings.normalize:
-        eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
-    callback = _evaluation_callback()(
-        eval_env,
-        eval_interval=n_timesteps / eval_points if eval_points > 0 else None,
-        eval_episodes=eval_episodes,
-        final_eval_episodes=final_eval_episodes,
-        eval_seed=seed + EVAL_SEED_OFFSET,
+    eval_seed = seed + EVAL_SEED_OFFSET
+    final = {"episodes": final_eval_episodes if final_eval_steps is None else None, "steps": final_eval_steps}
+    recorder = Recorder(
+        make_env(env_id, 1, eval_seed, settings.normalize, training=False),
+        eval_seed,
+        n_timesteps / eval_points if eval_points > 0 else None,
+        eval_episodes,
+        final,
     )
-    start = time.perf_counter()
-    model.learn(total_timesteps=n_timesteps, callback=callback)
-    wall_s = time.perf_counter() - start
-
-    final_returns = callback.final_returns
+    model.learn(total_timesteps=n_timesteps, callback=recorder)
+    target_kl = getattr(model, "target_kl", None)
     return {
         "env": env_id,
         "algo": algo,
         "seed": seed,
         "n_timesteps": n_timesteps,
         "trained_timesteps": int(model.num_timesteps),
-        "eval_episodes": eval_episodes,
-        "final_eval_episodes": final_eval_episodes,
-        "settings": describe_settings(algo, env_id),
-        "eval_timesteps": [point[0] for point in callback.curve],
-        "eval_mean": [point[1] for point in callback.curve],
-        "eval_std": [point[2] for point in callback.curve],
-        "final_returns": final_returns,
-        "final_mean": float(np.mean(final_returns)),
-        "learn_wall_s": wall_s,
+        "settings": settings.described,
+        "evaluation": {
+            "deterministic": True,
+            "eval_seed": eval_seed,
+            "curve_episodes": eval_episodes,
+            **{f"final_{key}": value for key, value in final.items()},
+        },
+        **recorder.result(),
+        "target_kl": float(target_kl) if isinstance(target_kl, int | float) else None,
         "source": source,
-        "diagnostics": callback.diagnostics,
+        "commit": git_commit(),
+        "versions": versions(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def _evaluation_callback() -> type:
-    """The callback class, built on first use so that importing this module stays light."""
-    from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.evaluation import evaluate_policy
-    from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
+# ---------------------------------------------------------------------- a campaign (parent side)
 
-    class PeriodicEvaluation(BaseCallback):
-        """Deterministic evaluation before training, every ``eval_interval`` steps, and at the end of training.
 
-        Evaluations happen between updates (at the start of the first rollout after each multiple of
-        ``eval_interval``), so the policy evaluated at ``T`` steps has learnt from all ``T``.
+def run_path(out: Path, campaign: str, env_id: str, algo: str, seed: int) -> Path:
+    return out / "runs" / campaign / env_id / f"{algo}_seed{seed}.json"
 
-        Also keeps, per update, the ``train/`` values the algorithm logged and the mean training
-        episode return (Monitor, stochastic policy): ``diagnostics[i]["timesteps"]`` is the number of
-        steps collected before that update.
-        """
 
-        def __init__(
-            self,
-            eval_env: VecEnv,
-            eval_interval: float | None,
-            eval_episodes: int,
-            final_eval_episodes: int,
-            eval_seed: int,
-        ):
-            super().__init__()
-            self.eval_env = eval_env
-            self.eval_interval = eval_interval
-            self.eval_episodes = eval_episodes
-            self.final_eval_episodes = final_eval_episodes
-            self.eval_seed = eval_seed
-            self.next_eval = float("inf")
-            self.curve: list[tuple[int, float, float]] = []
-            self.final_returns: list[float] = []
-            self.diagnostics: list[dict[str, float]] = []
+def run_text(run: Run) -> str:
+    """A run file: one key per line, each value on one line."""
+    return "{\n" + ",\n".join(f" {json.dumps(key)}: {json.dumps(value)}" for key, value in run.items()) + "\n}\n"
 
-        def _evaluate(self, n_episodes: int) -> list[float]:
-            sync_envs_normalization(self.training_env, self.eval_env)
-            self.eval_env.seed(self.eval_seed)  # the same initial states at every evaluation
-            returns, _ = evaluate_policy(
-                self.model, self.eval_env, n_eval_episodes=n_episodes, deterministic=True, return_episode_rewards=True
+
+def load_runs(out: Path, campaign: str) -> list[Run]:
+    return [json.loads(path.read_text(encoding="utf-8")) for path in sorted((out / "runs" / campaign).glob("*/*.json"))]
+
+
+def plan(campaign: Campaign, envs: list[str], algos: list[str], seeds: list[int] | None) -> list[tuple[str, str, int]]:
+    """(env, algo, seed) in the order to run them: seed by seed, every task and algorithm, so partial results stay balanced."""
+    seeds_of = {algo: seeds if seeds is not None else list(range(campaign.seeds.get(algo, 3))) for algo in algos}
+    rounds = max(len(algo_seeds) for algo_seeds in seeds_of.values())
+    return [
+        (env_id, algo, seeds_of[algo][index])
+        for index in range(rounds)
+        for env_id in envs
+        for algo in algos
+        if index < len(seeds_of[algo])
+    ]
+
+
+def run_campaign(args: argparse.Namespace, campaign: Campaign) -> list[str]:
+    """Run every planned run not on disk yet, ``args.jobs`` at a time; return the runs that failed."""
+    pending = []
+    for env_id, algo, seed in plan(campaign, args.envs, args.algos, args.seeds):
+        path = run_path(args.out, args.campaign, env_id, algo, seed)
+        try:  # no zoo entry: fail before any run starts, unless there is nothing to run
+            steps = run_settings(algo, env_id).n_timesteps
+        except KeyError as error:
+            if path.exists():
+                continue
+            raise SystemExit(error.args[0]) from None
+        steps = steps if args.steps is None else args.steps
+        if path.exists():
+            done = json.loads(path.read_text(encoding="utf-8"))["n_timesteps"]
+            if done != steps:
+                raise SystemExit(f"{path} holds a run of {done:,} steps, not {steps:,}: choose --steps or another --out")
+            continue
+        pending.append((env_id, algo, seed, steps, path))
+    print(f"{args.campaign}: {len(pending)} run(s) to do, {args.jobs} at a time", flush=True)
+    final_eval = (
+        ("--final-eval-steps", str(args.final_eval_steps))
+        if args.final_eval_steps
+        else ("--final-eval-episodes", str(args.final_eval_episodes))
+    )
+    failures = []
+    pool = ThreadPoolExecutor(max_workers=args.jobs)
+    try:
+        futures = {
+            pool.submit(
+                run_worker,
+                Path(__file__),
+                [
+                    *("--envs", env_id, "--algos", algo, "--seeds", str(seed), "--steps", str(steps)),
+                    *("--eval-points", str(args.eval_points), "--eval-episodes", str(args.eval_episodes), *final_eval),
+                ],
+            ): (env_id, algo, seed, path)
+            for env_id, algo, seed, steps, path in pending
+        }
+        for done, future in enumerate(as_completed(futures), start=1):
+            env_id, algo, seed, path = futures[future]
+            name = f"{env_id} {algo} seed {seed}"
+            try:
+                run = future.result()
+            except RuntimeError as error:
+                failures.append(name)
+                print(f"[{done}/{len(pending)}] {name}: FAILED ({error})", flush=True)
+                continue
+            write_text(path, run_text(run))
+            print(
+                f"[{done}/{len(pending)}] {name}: final {run['final_mean']:.1f} in {run['process_wall_s']:.0f} s", flush=True
             )
-            return [float(value) for value in returns]
-
-        def _record(self, n_episodes: int) -> list[float]:
-            returns = self._evaluate(n_episodes)
-            self.curve.append((int(self.num_timesteps), float(np.mean(returns)), float(np.std(returns))))
-            return returns
-
-        def _record_diagnostics(self) -> None:
-            # Between a rollout's start and the next log dump, the logger still holds the last update's values.
-            values = {
-                key: float(value)
-                for key, value in self.logger.name_to_value.items()
-                if key.startswith("train/") and isinstance(value, int | float | np.number)
-            }
-            if not values:
-                return
-            episodes = self.model.ep_info_buffer
-            if episodes:
-                values["rollout/ep_rew_mean"] = float(np.mean([info["r"] for info in episodes]))
-            self.diagnostics.append({"timesteps": int(self.num_timesteps), **values})
-
-        def _on_training_start(self) -> None:
-            self.next_eval = 0.0 if self.eval_interval is not None else float("inf")
-
-        def _on_rollout_start(self) -> None:
-            # Here the policy has been updated on every step collected so far (``num_timesteps``).
-            self._record_diagnostics()
-            if self.num_timesteps >= self.next_eval:
-                self._record(self.eval_episodes)
-                while self.next_eval <= self.num_timesteps:
-                    self.next_eval += self.eval_interval
-
-        def _on_step(self) -> bool:
-            return True
-
-        def _on_training_end(self) -> None:
-            self._record_diagnostics()
-            self.final_returns = self._record(self.final_eval_episodes)
-
-    return PeriodicEvaluation
+            if args.commit:
+                commit_files([path], f"Learning run ({args.campaign}): {name}, final return {run['final_mean']:.1f}")
+    finally:  # on Ctrl-C, start nothing more (the running workers get the same SIGINT)
+        pool.shutdown(cancel_futures=True)
+    return failures
 
 
-# ---------------------------------------------------------------------- the whole benchmark (parent side)
+# ---------------------------------------------------------------------- reports
 
 
-def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every (env, seed, algo) in its own process, one after the other; algorithms interleaved per seed."""
-    runs = []
-    total = len(args.envs) * len(args.seeds) * len(args.algos)
-    done = 0
-    for env_id in args.envs:
-        for seed in args.seeds:
-            for algo in args.algos:
-                done += 1
-                run_file = args.runs_dir / env_id / f"{algo}_seed{seed}.json"
-                worker_args = [
-                    *("--envs", env_id, "--seeds", str(seed), "--algos", algo),
-                    *("--eval-points", str(args.eval_points), "--eval-episodes", str(args.eval_episodes)),
-                    *("--final-eval-episodes", str(args.final_eval_episodes)),
-                    *(("--steps", str(args.steps)) if args.steps is not None else ()),
-                ]
-                print(f"[{done}/{total}] {env_id} seed {seed} {algo} ...", end=" ", flush=True)
-                run = run_worker(Path(__file__), worker_args)
-                write_json(run_file, run)
-                print(f"final {run['final_mean']:.1f} in {run['process_wall_s']:.0f} s", flush=True)
-                runs.append(run)
-    return runs
+def group_runs(runs: list[Run], campaign: Campaign) -> Groups:
+    """``{env: {(algo, steps): runs by seed}}``: the campaign's tasks and algorithms first, in its order."""
+    env_order = [*campaign.envs, *sorted({run["env"] for run in runs} - set(campaign.envs))]
+    algo_order = [*campaign.seeds, *ALGORITHMS]
+    grouped: Groups = {}
+    for run in sorted(runs, key=lambda run: (algo_order.index(run["algo"]) if run["algo"] in algo_order else 99, run["seed"])):
+        grouped.setdefault(run["env"], {}).setdefault((run["algo"], run["n_timesteps"]), []).append(run)
+    return {env_id: grouped[env_id] for env_id in env_order if env_id in grouped}
 
 
-def summarise_run(run: dict[str, Any]) -> dict[str, Any]:
-    """What learning.json keeps of a run: everything but the per-update diagnostics, plus their means."""
-    summary = {key: value for key, value in run.items() if key != "diagnostics"}
-    diagnostics = run.get("diagnostics", [])
-    keys = sorted({key for row in diagnostics for key in row if key.startswith("train/")})
-    summary["train_means"] = {key: float(np.mean([row[key] for row in diagnostics if key in row])) for key in keys}
-    return summary
-
-
-def merge_runs(previous: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """New runs replace previous ones of the same (env, algo, seed); the others are kept."""
-    replaced = {(run["env"], run["algo"], run["seed"]) for run in new}
-    kept = [run for run in previous if (run["env"], run["algo"], run["seed"]) not in replaced]
-    return kept + new
-
-
-def group_runs(runs: list[dict[str, Any]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """``{env: {algo: [runs sorted by seed]}}``, envs and algorithms in first-seen order."""
-    grouped: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for run in runs:
-        grouped.setdefault(run["env"], {}).setdefault(run["algo"], []).append(run)
-    for by_algo in grouped.values():
-        for algo_runs in by_algo.values():
-            algo_runs.sort(key=lambda run: run["seed"])
-    return grouped
-
-
-def summary_table(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per env and algorithm: final returns over seeds, their ratio to sb3_contrib, the mean over the curve."""
-    table: dict[str, dict[str, dict[str, Any]]] = {}
-    for env_id, by_algo in group_runs(runs).items():
-        table[env_id] = {}
-        for algo, algo_runs in by_algo.items():
-            finals = [run["final_mean"] for run in algo_runs]
-            curve_means = [float(np.mean(run["eval_mean"])) for run in algo_runs]
-            mean, std = mean_std(finals)
-            curve_mean, curve_std = mean_std(curve_means)
-            table[env_id][algo] = {
-                "seeds": [run["seed"] for run in algo_runs],
-                "n_timesteps": algo_runs[0]["n_timesteps"],
-                "final_per_seed": finals,
-                "final_mean": mean,
-                "final_std": std,
-                "final_median": float(np.median(finals)),
-                "curve_mean": curve_mean,
-                "curve_std": curve_std,
-                "learn_wall_s_median": float(np.median([run["learn_wall_s"] for run in algo_runs])),
-            }
-        reference = table[env_id].get(REFERENCE_ALGO)
-        for row in table[env_id].values():
-            row.update(compare_to_reference(row, reference))
-    return table
-
-
-def compare_to_reference(row: dict[str, Any], reference: dict[str, Any] | None) -> dict[str, Any]:
+def compare_to_reference(row: list[Run], reference: list[Run] | None) -> dict[str, Any]:
     """Ratio and difference of the mean final returns, on the seeds both have, with a bootstrap interval.
 
     The interval is the 2.5-97.5 percentile range of the difference of means when each algorithm's
     seeds are resampled with replacement (10,000 times, a fixed generator): it contains 0 when these
     seeds cannot tell the two apart.
     """
-    empty = {"common_seeds": 0, "ratio_to_reference": None, "difference_to_reference": None, "difference_interval": None}
-    if reference is None:
-        return empty
-    common = sorted(set(row["seeds"]) & set(reference["seeds"]))
+    common = sorted({run["seed"] for run in row} & {run["seed"] for run in reference or []})
     if not common:
-        return empty
-    ours = np.array([value for seed, value in zip(row["seeds"], row["final_per_seed"], strict=True) if seed in common])
-    theirs = np.array(
-        [value for seed, value in zip(reference["seeds"], reference["final_per_seed"], strict=True) if seed in common]
-    )
+        return {"seeds": 0, "ratio": None, "difference": None, "interval": None}
+    ours = np.array([run["final_mean"] for run in row if run["seed"] in common])
+    theirs = np.array([run["final_mean"] for run in reference if run["seed"] in common])
     generator = np.random.default_rng(0)
     resampled = generator.choice(ours, size=(10_000, ours.size)).mean(axis=1) - generator.choice(
         theirs, size=(10_000, theirs.size)
     ).mean(axis=1)
-    low, high = np.percentile(resampled, [2.5, 97.5])
     return {
-        "common_seeds": len(common),
-        "ratio_to_reference": float(ours.mean() / theirs.mean()) if theirs.mean() else None,
-        "difference_to_reference": float(ours.mean() - theirs.mean()),
-        "difference_interval": [float(low), float(high)],
+        "seeds": len(common),
+        "ratio": float(ours.mean() / theirs.mean()) if theirs.mean() else None,
+        "difference": float(ours.mean() - theirs.mean()),
+        "interval": [float(value) for value in np.percentile(resampled, [2.5, 97.5])],
     }
 
 
-def markdown_table(table: dict[str, dict[str, dict[str, Any]]]) -> str:
-    """The table of final returns, with the protocol in a few lines below it."""
+def final_table(groups: Groups, reference: str) -> str:
+    """Final returns per task and algorithm over seeds, against ``reference`` and the published figure."""
     lines = [
         f"| Environment | Algorithm | Steps | Final return (mean ± std) | Median | Per seed | "
-        f"Ratio to {REFERENCE_ALGO} | Δ to {REFERENCE_ALGO} [95% interval] (seeds) | Mean over training |",
+        f"Ratio to {reference} | Δ to {reference} [95% interval] (seeds) | Mean over training |",
         "|---|---|---:|---:|---:|---|---:|---:|---:|",
     ]
-    negative_envs = [env_id for env_id, by_algo in table.items() if any(row["final_mean"] < 0 for row in by_algo.values())]
-    for env_id, by_algo in table.items():
-        for algo, row in by_algo.items():
-            per_seed = ", ".join(format_number(value) for value in row["final_per_seed"])
-            ratio = row["ratio_to_reference"]
-            difference = row["difference_to_reference"]
-            if difference is not None and algo != REFERENCE_ALGO:
-                low, high = row["difference_interval"]
-                difference_text = f"{difference:+.1f} [{low:+.1f}, {high:+.1f}] ({row['common_seeds']})"
-            else:
-                difference_text = "n/a" if difference is None else f"{difference:+.1f}"
+    negative, with_published = [], False
+    for env_id, rows in groups.items():
+        for (algo, steps), row in rows.items():
+            finals = [run["final_mean"] for run in row]
+            mean, std = mean_std(finals)
+            negative += [env_id] if mean < 0 and env_id not in negative else []
+            references = [other for (name, _), other in rows.items() if name == reference]
+            # the reference at the same budget; at its own if it ran only one (RecurrentPPO: rl-zoo's 100k)
+            comparison = compare_to_reference(
+                row, rows.get((reference, steps), references[0] if len(references) == 1 else None)
+            )
+            difference = "n/a" if comparison["difference"] is None else f"{comparison['difference']:+.1f}"
+            if comparison["difference"] is not None and algo != reference:
+                low, high = comparison["interval"]
+                difference += f" [{low:+.1f}, {high:+.1f}] ({comparison['seeds']})"
+            curves = [float(np.mean(run["eval_mean"])) for run in row if run["eval_mean"]]
+            curve = " ± ".join(format_number(value) for value in mean_std(curves)) if curves else "n/a"
             lines.append(
-                f"| {env_id} | {algo} | {row['n_timesteps']:,} | "
-                f"{format_number(row['final_mean'])} ± {format_number(row['final_std'])} | "
-                f"{format_number(row['final_median'])} | {per_seed} | "
-                f"{'n/a' if ratio is None else format_number(ratio, 2)} | "
-                f"{difference_text} | "
-                f"{format_number(row['curve_mean'])} ± {format_number(row['curve_std'])} |"
+                f"| {env_id} | {algo} | {steps:,} | {format_number(mean)} ± {format_number(std)} | "
+                f"{format_number(float(np.median(finals)))} | {', '.join(format_number(value) for value in finals)} | "
+                f"{'n/a' if comparison['ratio'] is None else format_number(comparison['ratio'], 2)} | {difference} | {curve} |"
+            )
+        paper = published(env_id)
+        if paper and any(steps == PUBLISHED_STEPS for _, steps in rows):
+            with_published = True
+            lines.append(
+                f"| {env_id} | published: rl-zoo TRPO ({paper[0]}) | {PUBLISHED_STEPS:,} | "
+                f"{paper[1]:.1f} ± {paper[2]:.1f} | n/a | one agent, {paper[3]} episodes | n/a | n/a | n/a |"
             )
     notes = [
         "",
         "Final return: mean return of the deterministic policy over the final evaluation episodes, "
         "one value per seed; mean ± std and median over seeds. Mean over training: the same evaluation "
         "averaged over the evaluation points of the curve (a measure of learning speed). "
-        f"Ratio and Δ compare the mean final return with {REFERENCE_ALGO}'s on the seeds both ran (their number "
+        f"Ratio and Δ compare the mean final return with {reference}'s on the seeds both ran (their number "
         "in brackets); the interval is a 95% bootstrap interval of Δ, resampling each algorithm's seeds: "
         "where it contains 0, these seeds cannot tell the two apart. The same seed does not pair two runs: "
         "on chaotic tasks float rounding soon sends them along unrelated trajectories (`equivalence.py` "
         "shows where), so each algorithm's seeds are resampled on their own.",
     ]
-    if negative_envs:
+    if with_published:
         notes.append(
-            f"Where returns are negative ({', '.join(negative_envs)}), "
-            "a ratio below 1 means a return closer to 0, i.e. better."
+            f"Published: {PUBLISHED_SOURCE}, one trained agent on the -v3 task (ours run -v5), mean ± std over the "
+            "episodes of its final 150k-step evaluation, not over seeds."
+        )
+    if negative:
+        notes.append(
+            f"Where returns are negative ({', '.join(negative)}), a ratio below 1 means a return closer to 0, i.e. better."
         )
     return "\n".join(lines + notes) + "\n"
 
 
-def markdown_report(data: dict[str, Any], table_md: str) -> str:
-    runs = data["runs"]
-    eval_episodes = "/".join(str(n) for n in sorted({run["eval_episodes"] for run in runs}))
-    final_episodes = "/".join(str(n) for n in sorted({run["final_eval_episodes"] for run in runs}))
-    settings_lines = []
-    for env_id, by_algo in group_runs(runs).items():
-        for algo, algo_runs in by_algo.items():
-            described = ", ".join(f"{key}={value}" for key, value in algo_runs[0]["settings"].items() if key != "class")
-            settings_lines.append(f"- {env_id}, {algo} ({algo_runs[0]['settings']['class']}): {described}")
-    version_text = ", ".join(f"{name} {version}" for name, version in data["versions"].items())
-    sources = []
-    for env_id, by_algo in group_runs(runs).items():
-        # Only our algorithms run sb3_trpo's code; the others' runs carry whatever tree was checked out.
-        ours = [run for algo, algo_runs in by_algo.items() if algo.startswith("sb3_trpo") for run in algo_runs]
-        fingerprints = sorted({run.get("source") or "unknown" for run in ours})
-        per_run = ""
-        if len(fingerprints) > 1:
-            counts = {fp: sum(run.get("source") == fp for run in ours) for fp in fingerprints}
-            per_run = " (MIXED: " + ", ".join(f"{fp} in {n} run(s)" for fp, n in counts.items()) + ")"
-        sources.append(f"{env_id} {', '.join(fingerprints)}{per_run}")
-    return "\n".join(
-        [
-            "# Learning benchmark",
-            "",
-            "Generated by `benchmarks/learning.py`; do not edit by hand.",
-            "",
-            table_md,
-            f"Evaluation: {final_episodes} deterministic episodes at the end, {eval_episodes} at each point of "
-            "the curves, on a separate environment whose VecNormalize statistics are synced from the training env.",
-            "",
-            "Settings (rl-baselines3-zoo; the Steps column of the table is what was run):",
-            "",
-            *settings_lines,
-            "",
-            f"Versions: {version_text}. Commit: {data.get('commit')}.",
-            "",
-            "sb3_trpo source fingerprint (sha256 of its .py files) of our algorithms' runs, per environment: "
-            f"{'; '.join(sources)}.",
-            "",
-        ]
+def time_to_target(run: Run, goal: float) -> tuple[int, float | None] | None:
+    """(steps, training wall-clock seconds) at the first evaluation whose mean return reaches ``goal``; None if none."""
+    elapsed = run.get("eval_elapsed_s") or [None] * len(run["eval_timesteps"])
+    for steps, value, seconds in zip(run["eval_timesteps"], run["eval_mean"], elapsed, strict=True):
+        if value >= goal:
+            return int(steps), seconds
+    return None
+
+
+def time_table(groups: Groups) -> str:
+    """Per run, the training time and steps until an evaluation reaches the task's target (the published score)."""
+    lines = [
+        "| Environment | Target | Algorithm | Steps | Reached (seeds) | Median time to target (s) | Per seed: time (steps) |",
+        "|---|---:|---|---:|---:|---:|---|",
+    ]
+    for env_id, rows in groups.items():
+        goal = target(env_id)
+        if goal is None:
+            continue
+        for (algo, steps), row in rows.items():
+            reached = [time_to_target(run, goal) for run in row]
+            seconds = [hit[1] for hit in reached if hit and hit[1] is not None]
+            per_seed = ", ".join(
+                "never"
+                if hit is None
+                else f"{format_number(hit[1], 0) if hit[1] is not None else 'n/a'} ({hit[0] / 1000:.0f}k)"
+                for hit in reached
+            )
+            lines.append(
+                f"| {env_id} | {goal:g} | {algo} | {steps:,} | {sum(hit is not None for hit in reached)} of {len(row)} | "
+                f"{format_number(float(np.median(seconds)), 0) if seconds else 'n/a'} | {per_seed} |"
+            )
+    if len(lines) == 2:
+        return ""
+    return "\n".join(lines) + (
+        "\n\nTime to target: training wall-clock time (evaluations excluded, one torch thread per run) until the "
+        "first evaluation of the curve whose mean return reaches the target; the median is over the seeds that "
+        "reached it. n/a: a run from before wall-clock times were recorded.\n"
     )
 
 
-def plot_env(env_id: str, by_algo: dict[str, list[dict[str, Any]]], path: Path) -> None:
+def kl_traces(rows: dict[tuple[str, int], list[Run]]) -> dict[str, list[Run]]:
+    """Per algorithm, its runs with a KL trace, where a penalty algorithm (β) is among them; else nothing."""
+    traced = {
+        algo: [run for run in row if run.get("trace", {}).get("kl") and run.get("target_kl")]
+        for (algo, _), row in rows.items()
+    }
+    traced = {algo: row for algo, row in traced.items() if row}
+    return traced if any("beta" in run["trace"] for row in traced.values() for run in row) else {}
+
+
+def settled_kl_ratio(run: Run) -> float:
+    """Median KL of the second half of the updates (β has settled by then) over ``target_kl``."""
+    kl = np.asarray(run["trace"]["kl"])
+    return float(np.median(kl[len(kl) // 2 :]) / run["target_kl"])
+
+
+def kl_table(groups: Groups) -> str:
+    """How close the KL of the updates comes to ``target_kl`` once the penalty's β has settled, beside TRPO's."""
+    lines = [
+        "| Environment | Algorithm | Median KL / target_kl, second half (per seed) | Final β (per seed) |",
+        "|---|---|---|---|",
+    ]
+    for env_id, rows in groups.items():
+        for algo, row in kl_traces(rows).items():
+            ratios = ", ".join(f"{settled_kl_ratio(run):.2f}" for run in row)
+            betas = ", ".join(f"{run['trace']['beta'][-1]:.3g}" if "beta" in run["trace"] else "n/a" for run in row)
+            lines.append(f"| {env_id} | {algo} | {ratios} | {betas} |")
+    return "" if len(lines) == 2 else "\n".join(lines) + "\n"
+
+
+def cost_table(groups: Groups) -> str:
+    """Medians over seeds of the time in ``learn()`` and of the share of its CPU time in the updates."""
+    lines = [
+        "| Environment | Algorithm | Steps | learn() wall time (s) | CPU time (s) | of which updates | CPU ms per 1k steps |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for env_id, rows in groups.items():
+        for (algo, steps), row in rows.items():
+            timed = [run for run in row if run.get("learn_wall_s")]
+            cpu = [run["learn_cpu_s"] for run in timed if run.get("learn_cpu_s")]
+            share = [run["update_cpu_s"] / run["learn_cpu_s"] for run in timed if run.get("learn_cpu_s")]
+            if timed:
+                lines.append(
+                    f"| {env_id} | {algo} | {steps:,} | {np.median([run['learn_wall_s'] for run in timed]):.0f} | "
+                    + (
+                        f"{np.median(cpu):.0f} | {100 * np.median(share):.0f}% | {np.median(cpu) / steps * 1e6:.0f} |"
+                        if cpu
+                        else "n/a | n/a | n/a |"
+                    )
+                )
+    if len(lines) == 2:
+        return ""
+    return "\n".join(lines) + (
+        "\n\nEvaluations excluded; one torch thread per run. *Of which updates*: the share of the CPU time between "
+        "the end of a rollout and the start of the next (`train()`); the rest collects rollouts. n/a: not recorded "
+        "by older runs.\n"
+    )
+
+
+def plot_curves(env_id: str, rows: dict[tuple[str, int], list[Run]], path: Path) -> bool:
     """Mean ± std over seeds of the evaluation return against training steps, one line per algorithm."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = {key: [run for run in row if run["eval_mean"]] for key, row in rows.items()}
+    rows = {key: row for key, row in rows.items() if row}
+    if not rows:
+        return False
     figure, axes = plt.subplots(figsize=(7.5, 4.5), dpi=120)
-    n_seeds = set()
-    for algo, algo_runs in by_algo.items():
-        timesteps = np.asarray(algo_runs[0]["eval_timesteps"], dtype=float)
-        # Evaluations fall on the same steps for every seed; interpolate in case a run differs.
-        curves = np.array([np.interp(timesteps, run["eval_timesteps"], run["eval_mean"]) for run in algo_runs])
+    for (algo, steps), row in rows.items():
+        timesteps = np.asarray(row[0]["eval_timesteps"], dtype=float)
+        curves = np.array([np.interp(timesteps, run["eval_timesteps"], run["eval_mean"]) for run in row])
         mean, std = curves.mean(axis=0), curves.std(axis=0)
-        color = ALGO_COLORS.get(algo)
-        axes.plot(timesteps, mean, label=f"{ALGO_LABELS.get(algo, algo)} ({len(algo_runs)} seeds)", color=color, lw=2)
-        axes.fill_between(timesteps, mean - std, mean + std, color=color, alpha=0.2, lw=0)
-        n_seeds.add(len(algo_runs))
+        label = f"{algo}{'' if len({key[0] for key in rows}) == len(rows) else f' {steps:,}'} ({len(row)} seeds)"
+        (line,) = axes.plot(timesteps, mean, label=label, lw=2)
+        axes.fill_between(timesteps, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+    goal = target(env_id)
+    if goal is not None:
+        axes.axhline(
+            goal,
+            color="black",
+            linestyle="--",
+            lw=1,
+            label="published, rl-zoo (1M steps, -v3)" if published(env_id) else "target",
+        )
     finish_return_plot(figure, axes, f"{env_id}: deterministic evaluation return, mean ± std over seeds", path)
     plt.close(figure)
+    return True
 
 
-def write_reports(data: dict[str, Any], out: Path, update_readme: list[Path]) -> str:
-    table = summary_table(data["runs"])
-    data["summary"] = table
-    write_json(out / "learning.json", data)
-    table_md = markdown_table(table)
-    write_text(out / "learning.md", markdown_report(data, table_md))
-    for env_id, by_algo in group_runs(data["runs"]).items():
-        plot_env(env_id, by_algo, out / f"learning_{env_id}.png")
-    for path in update_readme:
-        replace_marked_block(path, TABLE_MARKER, table_md)
-        print(f"updated the {TABLE_MARKER} block of {path}")
-    return table_md
+def plot_kl(env_id: str, rows: dict[tuple[str, int], list[Run]], path: Path) -> bool:
+    """KL of every update over ``target_kl``, and β, per seed: the constraint beside the adaptive penalty."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    traced = kl_traces(rows)
+    if not traced:
+        return False
+    figure, (ax_kl, ax_beta) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    for index, (algo, row) in enumerate(traced.items()):
+        color = f"C{index}"
+        for seed_index, run in enumerate(row):
+            label = algo if seed_index == 0 else None
+            kl = np.asarray(run["trace"]["kl"]) / run["target_kl"]
+            ax_kl.plot(run["trace"]["timesteps"], kl, color=color, alpha=0.6, lw=1, label=label)
+            if "beta" in run["trace"]:
+                ax_beta.plot(run["trace"]["timesteps"], run["trace"]["beta"], color=color, alpha=0.7, label=label)
+    ax_kl.axhline(1.0, color="black", linestyle="--", label="target_kl")
+    ax_kl.set(yscale="log", ylabel="KL of the update / target_kl", title=f"{env_id}: KL per update, constraint vs penalty")
+    ax_beta.set(yscale="log", ylabel="β after the update", xlabel="timesteps")
+    for ax in (ax_kl, ax_beta):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def describe_evaluation(run: Run) -> str:
+    protocol = run["evaluation"]
+    final = (
+        f"every episode that ends within {protocol['final_steps']:,} steps (rl-zoo's benchmark)"
+        if protocol.get("final_steps")
+        else f"{protocol['final_episodes']} episodes"
+    )
+    curve = (
+        f"{protocol['curve_episodes']} episodes at each point of the curve" if protocol.get("curve_episodes") else "no curve"
+    )
+    return f"{final} at the end, {curve}, evaluation env seeded with seed + {protocol['eval_seed'] - run['seed']:,}"
+
+
+def provenance(groups: Groups) -> list[str]:
+    """Settings, evaluation protocols, versions and source fingerprints of the runs, as Markdown lines."""
+    runs = [run for rows in groups.values() for row in rows.values() for run in row]
+    settings = [
+        f"- {env_id}, {algo}: " + ", ".join(f"{key}={value}" for key, value in row[0]["settings"].items())
+        for env_id, rows in groups.items()
+        for (algo, _), row in rows.items()
+    ]
+    protocols = sorted({describe_evaluation(run) for run in runs})
+    version_sets = sorted(
+        {", ".join(f"{name} {value}" for name, value in (run.get("versions") or {}).items()) for run in runs}
+    )
+    version_sets = [versions or "not recorded" for versions in version_sets]
+    sources = []
+    for env_id, rows in groups.items():
+        # Only our algorithms run sb3_trpo's code; the others' runs carry whatever tree was checked out.
+        ours = [run for (algo, _), row in rows.items() if algo.startswith("sb3_trpo") for run in row]
+        counts = {
+            fp: sum((run.get("source") or "unknown") == fp for run in ours)
+            for fp in {run.get("source") or "unknown" for run in ours}
+        }
+        mixed = f" (MIXED: {', '.join(f'{fp} in {n} run(s)' for fp, n in sorted(counts.items()))})" if len(counts) > 1 else ""
+        sources.append(f"{env_id} {', '.join(sorted(counts))}{mixed}")
+    return [
+        "Evaluation, of the deterministic policy: " + "; ".join(protocols) + ".",
+        "",
+        "Settings (zoo files; the Steps column of the table is what was run):",
+        "",
+        *settings,
+        "",
+        f"Versions: {' | '.join(version_sets)}. Commits: {', '.join(sorted({str(run.get('commit')) for run in runs}))}.",
+        "",
+        "sb3_trpo source fingerprint (sha256 of its .py files) of our algorithms' runs, per environment: "
+        f"{'; '.join(sources)}.",
+    ]
+
+
+def write_reports(name: str, campaign: Campaign, runs: list[Run], out: Path, readmes: list[Path]) -> str:
+    """``<out>/<name>.md``, its plots, and the ``<name>-table`` block of ``readmes``; returns the block."""
+    groups = group_runs(runs, campaign)
+    for stale in out.glob(f"{name}_*.png"):
+        stale.unlink()
+    plots = []
+    for env_id, rows in groups.items():
+        for plot, path in ((plot_curves, out / f"{name}_{env_id}.png"), (plot_kl, out / f"{name}_{env_id}_kl.png")):
+            plots += [path] if plot(env_id, rows, path) else []
+    table = (
+        final_table(groups, campaign.reference)
+        if groups
+        else f"No runs yet: `python benchmarks/learning.py --campaign {name}`.\n"
+    )
+    times = time_table(groups)
+    sections = [("Time to target", times), ("KL of the updates", kl_table(groups)), ("Cost", cost_table(groups))]
+    body = [table, *(f"## {title}\n\n{text}" for title, text in sections if text), *campaign.notes]
+    command = f"python benchmarks/learning.py --campaign {name} --report-only"
+    header = f"# {campaign.title}\n\nGenerated by `{command}` from `results/runs/{name}/`; do not edit by hand.\n"
+    write_text(out / f"{name}.md", "\n".join([header, *body, *(provenance(groups) if groups else []), ""]))
+    block = table + (f"\n{times}" if campaign.readme_extras and times else "")
+    for path in readmes:
+        images = [f"![{plot.stem}]({plot.resolve().relative_to(path.resolve().parent)})" for plot in plots]
+        replace_marked_block(path, f"{name}-table", block + ("\n" + "\n".join(images) if campaign.readme_extras else ""))
+        print(f"updated the {name}-table block of {path}")
+    return block
+
+
+# ---------------------------------------------------------------------- command line
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--envs", nargs="+", default=list(DEFAULT_ENVS), help="environment ids (default: %(default)s)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default: %(default)s)")
-    parser.add_argument(
-        "--algos", nargs="+", default=list(DEFAULT_ALGOS), choices=sorted(ALGORITHMS), help="(default: %(default)s)"
-    )
-    parser.add_argument("--steps", type=int, default=None, help="training steps, for every env (default: rl-zoo's)")
+    parser.add_argument("--campaign", default="learning", choices=sorted(CAMPAIGNS), help="(default: %(default)s)")
+    parser.add_argument("--envs", nargs="+", help="environment ids (default: the campaign's)")
+    parser.add_argument("--algos", nargs="+", choices=sorted(ALGORITHMS), help="(default: the campaign's)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds for every algorithm (default: the campaign's, 0, 1, ...)")
+    parser.add_argument("--steps", type=int, help="training steps of every run (default: the zoo entry's n_timesteps)")
     parser.add_argument("--eval-points", type=int, default=20, help="evaluations along training (default: %(default)s)")
     parser.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation (default: %(default)s)")
-    parser.add_argument(
-        "--final-eval-episodes", type=int, default=20, help="episodes of the final evaluation (default: %(default)s)"
-    )
+    parser.add_argument("--final-eval-episodes", type=int, help="episodes of the final evaluation (default: the campaign's)")
+    parser.add_argument("--final-eval-steps", type=int, help="rl-zoo's final evaluation: episodes ending within these steps")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, one process each (default: %(default)s)")
+    parser.add_argument("--commit", action="store_true", help="git-commit each run's file as soon as it is written")
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR, help="results directory (default: %(default)s)")
+    parser.add_argument("--report-only", action="store_true", help="train nothing: rebuild the report from the run files")
     parser.add_argument(
-        "--runs-dir", type=Path, default=BENCHMARKS_DIR / "runs", help="per-run JSON files (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--report-only", action="store_true", help="train nothing: rebuild the table and plots from <out>/learning.json"
-    )
-    parser.add_argument(
-        "--update-readme",
-        type=Path,
-        nargs="*",
-        default=[],
-        metavar="PATH",
-        help=f"replace the <!-- {TABLE_MARKER}:start/end --> block of these files with the table",
+        "--update-readme", type=Path, nargs="*", default=[], metavar="PATH", help="fill <campaign>-table blocks"
     )
     parser.add_argument("--worker-output", type=Path, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    campaign = CAMPAIGNS[args.campaign]
+    args.envs = args.envs or list(campaign.envs)
+    args.algos = args.algos or list(campaign.seeds)
+    if args.final_eval_steps is None and args.final_eval_episodes is None:
+        args.final_eval_steps = campaign.final_eval_steps
+    args.final_eval_episodes = args.final_eval_episodes or campaign.final_eval_episodes
+    return args
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.worker_output is not None:
+    if args.worker_output is not None:  # one run, in this fresh process
         set_single_thread()
-        run = train_and_evaluate(
-            args.algos[0],
-            args.envs[0],
-            args.seeds[0],
-            n_timesteps=args.steps,
-            eval_points=args.eval_points,
-            eval_episodes=args.eval_episodes,
-            final_eval_episodes=args.final_eval_episodes,
-        )
-        write_json(args.worker_output, run)
-        return
-
-    previous_file = args.out / "learning.json"
-    previous = json.loads(previous_file.read_text(encoding="utf-8")) if previous_file.exists() else {"runs": []}
-    if args.report_only:
-        data = previous
-    else:
-        start = time.perf_counter()
-        new_runs = [summarise_run(run) for run in run_all(args)]
-        check_single_source(new_runs)
-        data = {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "commit": git_commit(),
-            "versions": versions(),
-            "runs": merge_runs(previous["runs"], new_runs),
-        }
-        print(f"all runs: {time.perf_counter() - start:.0f} s")
-    print(write_reports(data, args.out, args.update_readme))
+        protocol = (args.eval_points, args.eval_episodes, args.final_eval_episodes, args.final_eval_steps)
+        run = train_and_evaluate(args.algos[0], args.envs[0], args.seeds[0], args.steps, *protocol)
+        write_text(args.worker_output, json.dumps(run))
+        return 0
+    failures = [] if args.report_only else run_campaign(args, CAMPAIGNS[args.campaign])
+    runs = load_runs(args.out, args.campaign)
+    print(write_reports(args.campaign, CAMPAIGNS[args.campaign], runs, args.out, args.update_readme))
+    if failures:
+        print(f"{len(failures)} run(s) failed: {', '.join(failures)}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
