@@ -36,6 +36,7 @@ setup(
         "gymnasium>=0.29.1,<2",
         "torch>=2.3",
         "numpy>=1.20",
+        "pyyaml",  # the shipped zoo files, which make demo reads
     ],
     extras_require=extras,
     entry_points={"console_scripts": ["sb3-trpo-zoo=sb3_trpo.zoo.__main__:main"]},

@@ -1,8 +1,9 @@
 """``make demo``: train TRPO on a default task, evaluate it, save the model and a learning curve.
 
 Run as ``python -m sb3_trpo.demo [--env CartPole-v1] [--timesteps 100000] [--output demo_output]``.
-The default task is CartPole-v1 with rl-zoo's tuned TRPO hyperparameters; it needs no
-downloads and reaches the maximum return of 500 in about a minute on two CPU cores.
+The default task is CartPole-v1 with the tuned TRPO hyperparameters of the package's zoo file
+(``sb3_trpo/zoo/hyperparams/trpo.yml``, rl-zoo's); it needs no downloads and reaches the maximum
+return of 500 in about a minute on two CPU cores.
 """
 
 from __future__ import annotations
@@ -21,19 +22,18 @@ from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_trpo import TRPO
 
-# rl-zoo's tuned TRPO settings (hyperparams/trpo.yml), with the same parameter names.
-DEFAULT_TASKS: dict[str, dict[str, Any]] = {
-    "CartPole-v1": dict(
-        n_envs=2,
-        timesteps=100_000,
-        kwargs=dict(n_steps=512, batch_size=512, cg_damping=1e-3, gae_lambda=0.98, gamma=0.99, n_critic_updates=20),
-    ),
-    "Pendulum-v1": dict(
-        n_envs=2,
-        timesteps=100_000,
-        kwargs=dict(n_steps=1024, gamma=0.9, n_critic_updates=15, use_sde=True, sde_sample_freq=4),
-    ),
-}
+ZOO_FILE = Path(__file__).parent / "zoo" / "hyperparams" / "trpo.yml"
+DEMO_ENVS = ("CartPole-v1", "Pendulum-v1")  # their entries need no VecNormalize, schedules or policy_kwargs
+
+
+def zoo_settings(env_id: str) -> dict[str, Any]:
+    """``env_id``'s entry of the zoo file: ``n_envs``, ``n_timesteps``, ``policy`` and the constructor arguments."""
+    import yaml
+
+    entry = dict(yaml.safe_load(ZOO_FILE.read_text(encoding="utf-8"))[env_id])
+    if entry.get("normalize") or "policy_kwargs" in entry:
+        raise ValueError(f"{env_id}: the demo reads plain entries only; run `python -m sb3_trpo.zoo train` for this task")
+    return entry
 
 
 class EpisodeReturns(BaseCallback):
@@ -76,19 +76,20 @@ def plot_learning_curve(timesteps: list[int], returns: list[float], title: str, 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", default="CartPole-v1", choices=sorted(DEFAULT_TASKS))
-    parser.add_argument("--timesteps", type=int, default=None, help="default: the task's rl-zoo budget")
+    parser.add_argument("--env", default="CartPole-v1", choices=DEMO_ENVS)
+    parser.add_argument("--timesteps", type=int, default=None, help="default: the zoo file's n_timesteps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=Path("demo_output"))
     args = parser.parse_args(argv)
 
     th.set_num_threads(1)
-    task = DEFAULT_TASKS[args.env]
-    timesteps = args.timesteps or task["timesteps"]
+    kwargs = zoo_settings(args.env)
+    n_envs, policy, n_timesteps = int(kwargs.pop("n_envs", 1)), kwargs.pop("policy"), int(kwargs.pop("n_timesteps"))
+    timesteps = args.timesteps or n_timesteps
     args.output.mkdir(parents=True, exist_ok=True)
 
-    env = make_vec_env(args.env, n_envs=task["n_envs"], seed=args.seed)
-    model = TRPO("MlpPolicy", env, seed=args.seed, **task["kwargs"])
+    env = make_vec_env(args.env, n_envs=n_envs, seed=args.seed)
+    model = TRPO(policy, env, seed=args.seed, **kwargs)
     curve = EpisodeReturns()
     start = time.perf_counter()
     model.learn(timesteps, callback=curve)
