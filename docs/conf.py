@@ -78,9 +78,10 @@ GENERATED = DOCS / "_generated"
 # report file -> (title, plots, the command that writes them)
 BENCHMARK_REPORTS = {
     "learning.md": ("Learning benchmark", "learning_*.png", "make benchmark-learning"),
+    "mujoco.md": ("MuJoCo at 1M steps", "mujoco_*.png", "python benchmarks/learning.py --campaign mujoco"),
     "speed.md": ("Speed benchmark", None, "make benchmark-speed"),
-    "penalty.md": ("Penalty vs constraint", "penalty_*.png", "python benchmarks/penalty.py"),
-    "recurrent.md": ("Recurrent TRPO", "recurrent_*.png", "python benchmarks/recurrent.py"),
+    "penalty.md": ("Penalty vs constraint", "penalty_*.png", "python benchmarks/learning.py --campaign penalty"),
+    "recurrent.md": ("Recurrent TRPO", "recurrent_*.png", "python benchmarks/learning.py --campaign recurrent"),
     "equivalence.md": ("Same rollouts, same updates", None, "python benchmarks/equivalence.py"),
 }
 
@@ -95,7 +96,7 @@ def _write_if_changed(path: Path, content: str | bytes) -> None:
 def _benchmark_report(name: str, title: str, plots: str | None, command: str) -> str:
     """The Markdown shown for one report: the report and its plots, or a note that it is missing."""
     source = RESULTS / name
-    script = f"benchmarks/{Path(name).stem}.py"
+    script = command.split()[1] if command.startswith("python ") else f"benchmarks/{Path(name).stem}.py"
     if not source.is_file():
         return (
             f"# {title}\n\n```{{note}}\nThis benchmark has not been run yet: `benchmarks/results/{name}` "
