@@ -5,9 +5,9 @@ minibatches of ``--batch-size`` (Adam, SB3's ``eps=1e-5``). Timed, per repeat:
 
 - ``autograd``: the loop of ``TRPO._fit_critic`` (``predict_values``, MSE, ``backward()``, actor grads
   set to None, ``torch.optim.Adam.step()``), minibatches drawn from ``rollout_buffer.get()``;
-- ``fast``: :func:`sb3_trpo.common.critic.fast_critic_fit` on the same minibatches, including its
+- ``fast``: :func:`sb3_trpo.accel.critic.fast_critic_fit` on the same minibatches, including its
   support checks, the copies into and out of the flat buffers and the write-back of the Adam state;
-- ``fast-indexed``: the same, with the minibatches cut by :func:`sb3_trpo.common.critic.rollout_minibatches`
+- ``fast-indexed``: the same, with the minibatches cut by :func:`sb3_trpo.accel.critic.rollout_minibatches`
   (the same minibatches as ``get()``, without its per-minibatch copies of six arrays);
 - ``autograd-ready`` / ``fast-ready``: ``autograd`` and ``fast`` on minibatches drawn beforehand, which
   leaves out the sampling and shows the cost of the fit alone.
@@ -35,7 +35,7 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.policies import ActorCriticPolicy
 
-from sb3_trpo.common.critic import fast_critic_fit, fast_critic_fit_unsupported, rollout_minibatches
+from sb3_trpo.accel.critic import fast_critic_fit, fast_critic_fit_unsupported, rollout_minibatches
 
 Minibatches = Iterable[tuple[th.Tensor, th.Tensor]]
 

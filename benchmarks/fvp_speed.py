@@ -41,7 +41,7 @@ from sb3_trpo.common.analytic_fisher import (
     fisher_metric,
 )
 from sb3_trpo.common.fisher import autograd_fisher_vector_product, kl_per_state
-from sb3_trpo.common.mlp_fisher import PolicyMLPActor
+from sb3_trpo.accel.actor import PolicyMLPActor
 from sb3_trpo.common.natural_gradient import MatrixVectorProduct, flat_concat
 
 Builder = Callable[[], MatrixVectorProduct]

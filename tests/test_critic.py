@@ -17,13 +17,11 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from sb3_trpo import TRPO
-from sb3_trpo.common.critic import (
-    ACTIVATIONS,
-    Activation,
+from sb3_trpo.accel.activations import ACTIVATIONS, Activation, activation_from_module
+from sb3_trpo.accel.critic import (
     AdamHyperparameters,
     FlatAdam,
     FlatMLPCritic,
-    activation_from_module,
     fast_critic_fit,
     fast_critic_fit_unsupported,
     fit_value_function,
@@ -31,8 +29,8 @@ from sb3_trpo.common.critic import (
 )
 
 SPECS = {
-    "leaky_relu": Activation("leaky_relu", negative_slope=0.2),
-    "elu": Activation("elu", alpha=0.7),
+    "leaky_relu": Activation("leaky_relu", {"slope": 0.2}),
+    "elu": Activation("elu", {"alpha": 0.7}),
 }
 MODULES = {
     "tanh": nn.Tanh,
@@ -192,11 +190,11 @@ def test_bad_shapes_and_names_are_refused():
     [
         (nn.Tanh(), Activation("tanh")),
         (nn.ReLU(inplace=True), Activation("relu")),
-        (nn.LeakyReLU(), Activation("leaky_relu", negative_slope=0.01)),
-        (nn.LeakyReLU(-0.5), Activation("leaky_relu", negative_slope=-0.5)),
-        (nn.ELU(alpha=2.0), Activation("elu", alpha=2.0)),
+        (nn.LeakyReLU(), Activation("leaky_relu", {"slope": 0.01})),
+        (nn.LeakyReLU(-0.5), Activation("leaky_relu", {"slope": -0.5})),
+        (nn.ELU(alpha=2.0), Activation("elu", {"alpha": 2.0})),
         (nn.SiLU(inplace=True), Activation("silu")),
-        (nn.GELU(approximate="tanh"), Activation("gelu", approximate="tanh")),
+        (nn.GELU(approximate="tanh"), Activation("gelu", {"approximate": "tanh"})),
         (nn.ELU(inplace=True), None),  # autograd differentiates it from its output: not the same rounding
         (nn.LeakyReLU(-0.5, inplace=True), None),
         (nn.Softplus(), None),
@@ -371,8 +369,9 @@ def test_adapter_on_a_trpo_model_matches_fit_critic():
     np.random.seed(19)
     result = fast_fit(model.policy, model.rollout_buffer, n_epochs=3, batch_size=32)
     np.random.seed(19)
-    actor = actor_params(reference.policy)
-    losses = reference._fit_critic(actor)
+    reference.critic_method = "torch"
+    assert reference.select_backends().critic.name == "torch"
+    losses = reference._fit_critic().losses
     assert result is not None
     assert result.losses == pytest.approx(losses, rel=1e-5)
     assert_same_policy_and_optimizer(model.policy, reference.policy)
@@ -487,13 +486,13 @@ BOX = spaces.Box(-1, 1, shape=(3,), dtype=np.float32)
 def unsupported_cases():
     image = spaces.Box(0, 255, shape=(3, 36, 36), dtype=np.uint8)
     dict_space = spaces.Dict({"a": BOX, "b": spaces.Box(-1, 1, shape=(2,), dtype=np.float32)})
-    yield "cnn", ActorCriticCnnPolicy(image, spaces.Discrete(2), lr_schedule), "FlattenExtractor"
+    yield "cnn", ActorCriticCnnPolicy(image, spaces.Discrete(2), lr_schedule), "ActorCriticCnnPolicy"
     yield (
         "extractor with parameters",
         ActorCriticPolicy(BOX, spaces.Discrete(2), lr_schedule, features_extractor_class=LinearExtractor),
         "FlattenExtractor",
     )
-    yield "dict observations", MultiInputActorCriticPolicy(dict_space, spaces.Discrete(2), lr_schedule), "Box"
+    yield "dict observations", MultiInputActorCriticPolicy(dict_space, spaces.Discrete(2), lr_schedule), "MultiInput"
     yield (
         "rmsprop",
         ActorCriticPolicy(BOX, spaces.Discrete(2), lr_schedule, optimizer_class=th.optim.RMSprop),
@@ -509,8 +508,12 @@ def unsupported_cases():
         ActorCriticPolicy(BOX, spaces.Discrete(2), lr_schedule, optimizer_kwargs=dict(fused=True)),
         "fused",
     )
-    yield "softplus", ActorCriticPolicy(BOX, spaces.Discrete(2), lr_schedule, activation_fn=nn.Softplus), "pairs"
-    yield "recurrent", RecurrentActorCriticPolicy(BOX, spaces.Discrete(2), lr_schedule), "predict_values"
+    yield (
+        "softplus",
+        ActorCriticPolicy(BOX, spaces.Discrete(2), lr_schedule, activation_fn=nn.Softplus),
+        "activation outside the table",
+    )
+    yield "recurrent", RecurrentActorCriticPolicy(BOX, spaces.Discrete(2), lr_schedule), "RecurrentActorCriticPolicy"
     frozen = ActorCriticPolicy(BOX, spaces.Discrete(2), lr_schedule)
     frozen.value_net.bias.requires_grad_(False)
     yield "frozen parameter", frozen, "require a gradient"

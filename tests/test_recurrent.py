@@ -289,14 +289,14 @@ def test_non_finite_advantages_skip_the_policy_update():
 def test_critic_fit_does_not_move_the_actor(policy_kwargs):
     model = RecurrentTRPO("MlpLstmPolicy", "CartPole-v1", seed=0, **{**SMALL, "policy_kwargs": {**TINY_LSTM, **policy_kwargs}})
     collect_rollout(model)
-    actor_params = model._natural_gradient_problem(model._policy_batch()).actor_params
+    actor_params = model._natural_gradient_problem(model._policy_batch()).params
     assert any(param is model.policy.lstm_actor.weight_hh_l0 for param in actor_params)
     before = [param.detach().clone() for param in actor_params]
     critic = [model.policy.value_net.weight]
     if model.policy.lstm_critic is not None:
         critic.append(model.policy.lstm_critic.weight_hh_l0)  # the critic's values go through its LSTM
     critic_before = [param.detach().clone() for param in critic]
-    model._fit_critic(actor_params)
+    model._fit_critic()
     assert all(th.equal(old, param) for old, param in zip(before, actor_params, strict=True))
     assert all(not th.equal(old, param) for old, param in zip(critic_before, critic, strict=True))
 
@@ -318,7 +318,7 @@ def test_trust_region_holds_on_the_real_steps(env_id, fisher_method):
     with th.no_grad():
         old = copy.copy(model._distribution(batch))
 
-    stats, _ = model._policy_step(batch)
+    stats = model._policy_step(batch)
 
     with th.no_grad():
         kl = kl_per_state(old, model._distribution(batch))[batch.mask]
@@ -426,7 +426,7 @@ def test_fisher_vector_product_through_the_lstm_equals_explicit_fisher(name, fis
     model = float64_model(ACTION_SPACES[name], fisher_method)
     batch = padded_batch(ACTION_SPACES[name], episode_start)
     problem = model._natural_gradient_problem(batch)
-    params = problem.actor_params
+    params = problem.params
     assert any(param is model.policy.lstm_actor.weight_hh_l0 for param in params)
     n = sum(param.numel() for param in params)
 
@@ -486,10 +486,10 @@ def test_padded_steps_change_nothing(name, fisher_method):
     th.testing.assert_close(first.fisher_vector_product(vector), second.fisher_vector_product(vector), rtol=1e-13, atol=0.0)
 
     # Surrogate and KL at a moved point.
-    saved = [param.detach().clone() for param in first.actor_params]
-    add_flat_to_params(first.actor_params, saved, 0.05 * vector)
+    saved = [param.detach().clone() for param in first.params]
+    add_flat_to_params(first.params, saved, 0.05 * vector)
     moved_first, moved_second = first.evaluate(), second.evaluate()
-    restore_params(first.actor_params, saved)
+    restore_params(first.params, saved)
     assert moved_first.kl_mean > 0.0
     for field in ("objective", "kl_mean", "kl_max"):
         assert getattr(moved_first, field) == pytest.approx(getattr(moved_second, field), rel=1e-13, abs=0.0), field
@@ -497,7 +497,8 @@ def test_padded_steps_change_nothing(name, fisher_method):
     # And the whole update.
     updates = []
     for candidate in (batch, other):
-        stats, params = model._policy_step(candidate)
+        stats = model._policy_step(candidate)
+        params = model.backends.actor.params
         assert stats.line_search_success
         updates.append(flat_concat([param.detach().clone() for param in params]))
         restore_params(params, saved)

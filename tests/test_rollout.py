@@ -15,9 +15,14 @@ from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
 from sb3_trpo import TRPO, TRPOPenalty
-from sb3_trpo.common.rollout import NumpyActorCritic, numpy_actor_critic_unsupported
+from sb3_trpo.accel.rollout import NumpyActorCritic, rollout_unsupported
+from sb3_trpo.accel.spec import recognise
 
 CLOSE = dict(rtol=1e-5, atol=1e-5)
+
+
+def numpy_actor_critic_unsupported(policy: ActorCriticPolicy) -> str | None:
+    return rollout_unsupported(recognise(policy))
 
 
 def make_policy(obs_space: spaces.Space, action_space: spaces.Space, seed: int = 0, **kwargs) -> ActorCriticPolicy:
@@ -65,7 +70,7 @@ def test_numpy_forward_matches_policy_and_its_random_draws(case: str) -> None:
     expected = sb3_forward(policy, obs)
     expected_rng = th.get_rng_state()
     th.manual_seed(123)
-    actions, values, log_probs = NumpyActorCritic(policy).forward(obs)
+    actions, values, log_probs = NumpyActorCritic.from_policy(policy).forward(obs)
 
     assert th.equal(th.get_rng_state(), expected_rng)  # the same numbers were drawn
     assert actions.shape == expected[0].shape
@@ -79,12 +84,12 @@ def test_numpy_forward_matches_policy_and_its_random_draws(case: str) -> None:
     np.testing.assert_allclose(log_probs, expected[2], **CLOSE)
     with th.no_grad():
         sb3_values = policy.predict_values(policy.obs_to_tensor(obs)[0]).numpy()
-    np.testing.assert_allclose(NumpyActorCritic(policy).predict_values(obs), sb3_values, **CLOSE)
+    np.testing.assert_allclose(NumpyActorCritic.from_policy(policy).predict_values(obs), sb3_values, **CLOSE)
 
 
 def test_numpy_forward_reads_the_current_parameters() -> None:
     policy = make_policy(BOX_OBS, spaces.Discrete(3))
-    actor_critic = NumpyActorCritic(policy)
+    actor_critic = NumpyActorCritic.from_policy(policy)
     obs = np.ones((2, 5), dtype=np.float32)
     with th.no_grad():
         for param in policy.parameters():
@@ -114,19 +119,29 @@ class CustomForwardPolicy(ActorCriticPolicy):
         (lambda: make_policy(BOX_OBS, spaces.Box(-1, 1, (2,)), use_sde=True), "StateDependentNoiseDistribution"),
         (lambda: make_policy(BOX_OBS, spaces.MultiDiscrete([2, 3])), "MultiCategoricalDistribution"),
         (lambda: make_policy(BOX_OBS, spaces.MultiBinary(3)), "BernoulliDistribution"),
-        (lambda: make_policy(BOX_OBS, spaces.Discrete(2), activation_fn=nn.SiLU), "activation"),
+        (lambda: make_policy(BOX_OBS, spaces.Discrete(2), activation_fn=nn.Softplus), "activation"),
         (lambda: make_policy(BOX_OBS, spaces.Discrete(2), features_extractor_class=TwoLayerExtractor), "TwoLayerExtractor"),
-        (lambda: CustomForwardPolicy(BOX_OBS, spaces.Discrete(2), lambda _: 1e-3), "overrides forward"),
+        (lambda: CustomForwardPolicy(BOX_OBS, spaces.Discrete(2), lambda _: 1e-3), "CustomForwardPolicy"),
         (lambda: make_policy(BOX_OBS, spaces.Discrete(2)).double(), "float32"),
         (lambda: make_policy(spaces.MultiBinary(4), spaces.Discrete(2)), "MultiBinary"),
     ],
-    ids=["gsde", "multi-discrete", "multi-binary", "silu", "custom-extractor", "custom-forward", "float64", "multibinary-obs"],
+    ids=[
+        "gsde",
+        "multi-discrete",
+        "multi-binary",
+        "softplus",
+        "custom-extractor",
+        "custom-forward",
+        "float64",
+        "multibinary-obs",
+    ],
 )
 def test_unsupported_policies_say_why(make, reason: str) -> None:
     message = numpy_actor_critic_unsupported(make())
     assert message is not None
     assert reason in message
-    assert NumpyActorCritic.from_policy(make()) is None
+    with pytest.raises(ValueError, match="no NumPy counterpart"):
+        NumpyActorCritic.from_policy(make())
 
 
 def test_hooks_are_not_bypassed() -> None:
@@ -205,16 +220,16 @@ def test_a_callback_stops_the_numpy_rollout_as_it_stops_sb3s() -> None:
 
 
 def test_auto_uses_numpy_where_covered_and_sb3_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sb3_trpo.trpo.trpo as trpo_module
+    import sb3_trpo.accel.rollout as rollout_module
 
     calls: list[str] = []
-    original = trpo_module.collect_rollouts_numpy
+    original = rollout_module.collect_rollouts_numpy
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append("numpy")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(trpo_module, "collect_rollouts_numpy", spy)
+    monkeypatch.setattr(rollout_module, "collect_rollouts_numpy", spy)
     TRPO("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, seed=0).learn(32)
     assert calls == ["numpy"]
     TRPO("MlpPolicy", "Pendulum-v1", n_steps=32, batch_size=32, seed=0, use_sde=True).learn(32)  # gSDE: SB3's loop
@@ -236,3 +251,21 @@ def test_same_seed_same_training_with_numpy_rollouts() -> None:
 
     for first, second in zip(run(), run(), strict=True):
         np.testing.assert_array_equal(first, second)
+
+
+def test_the_forked_loop_follows_the_installed_sb3() -> None:
+    """``collect_rollouts_numpy`` and ``TRPO._setup_model`` follow SB3's methods line for line: they must not drift.
+
+    ``tests/data/sb3_on_policy_algorithm.txt`` holds the source of the SB3 methods they were written
+    from; when the installed SB3's differ, re-read the fork against the new loop, then update the file.
+    """
+    import inspect
+    from pathlib import Path
+
+    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
+    installed = "".join(
+        inspect.getsource(method) for method in (OnPolicyAlgorithm.collect_rollouts, OnPolicyAlgorithm._setup_model)
+    )
+    recorded = (Path(__file__).parent / "data" / "sb3_on_policy_algorithm.txt").read_text(encoding="utf-8")
+    assert installed == recorded, "SB3's collect_rollouts or _setup_model changed: update the forks in sb3_trpo"

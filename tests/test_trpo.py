@@ -634,6 +634,7 @@ def test_mean_over_action_dimensions_divides_the_kl_and_fisher(variant):
     from stable_baselines3.common.distributions import kl_divergence
 
     from sb3_trpo.common.analytic_fisher import kl_terms_per_state
+    from sb3_trpo.common.policy_step import PolicyObjective
 
     problems = {}
     for reduction in ("sum", "mean"):
@@ -649,9 +650,9 @@ def test_mean_over_action_dimensions_divides_the_kl_and_fisher(variant):
     th.testing.assert_close(problem.fisher_vector_product(vector), problems["sum"][2].fisher_vector_product(vector) / terms)
 
     with th.no_grad():  # a perturbed policy, then the logged KL of each reduction
-        for param in problem.actor_params:
+        for param in problem.params:
             param.add_(0.01 * th.randn(param.shape, generator=th.Generator().manual_seed(1)))
     new = model._distribution(batch)
-    evaluation = model._evaluate(new, old, batch)
+    evaluation = PolicyObjective(batch, model.kl_action_reduction).evaluate(new, old)
     assert evaluation.kl_mean == pytest.approx(kl_divergence(old, new).mean().item(), rel=1e-5)
     assert evaluation.kl_mean > 0

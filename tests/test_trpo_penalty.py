@@ -81,10 +81,10 @@ def test_natural_step_equals_cg_direction_over_beta(beta):
     n = problem.gradient.numel()
     fisher = th.stack([problem.fisher_vector_product(e) for e in th.eye(n)], dim=1).double()
     x = th.linalg.solve(fisher + 0.1 * th.eye(n, dtype=th.float64), problem.gradient.double())
-    before = flat_concat([p.detach().clone() for p in problem.actor_params])
+    before = flat_concat([p.detach().clone() for p in problem.params])
 
-    stats, actor_params = model._policy_step(batch)
-    after = flat_concat([p.detach() for p in actor_params])
+    stats = model._policy_step(batch)
+    after = flat_concat([p.detach() for p in model.backends.actor.params])
     assert stats.line_search_success
     fraction = model.line_search_shrinking_factor**stats.line_search_backtracks
     assert th.allclose((after - before).double(), fraction * x / beta, rtol=2e-3, atol=1e-6)
@@ -100,7 +100,7 @@ def test_penalised_objective_never_decreases_after_an_accepted_natural_step(opti
             dist = model.policy.get_distribution(batch.observations)
             objective_before = surrogate_objective(dist.log_prob(batch.actions), batch.behaviour_log_prob, batch.advantages)
         beta_used = model.beta
-        stats, _ = model._policy_step(batch)
+        stats = model._policy_step(batch)
         if optimizer == "natural" and stats.line_search_success:
             assert stats.objective - beta_used * stats.kl_mean > objective_before.item()
         # β moved by exactly the rule
@@ -173,7 +173,7 @@ def test_first_order_step_with_overflowing_loss_is_skipped_and_restores_paramete
     before = [p.detach().clone() for p in model.policy.parameters()]
     beta = model.beta
     with pytest.warns(RuntimeWarning, match="skipped"):
-        stats, _ = model._policy_step(model._policy_batch())
+        stats = model._policy_step(model._policy_batch())
     assert stats.skipped
     assert model.n_skipped_policy_updates == 1
     assert model.beta == beta

@@ -27,7 +27,15 @@ FAST_PARAMS = ["-params", "n_steps:64", "batch_size:64", "n_critic_updates:2"]
 
 
 def constructor_parameters(algo_class: type) -> set[str]:
-    return set(inspect.signature(algo_class.__init__).parameters) - {"self"}
+    """The named parameters of the constructor, those it forwards (``*args, **kwargs``) to its bases' included."""
+    names: set[str] = set()
+    for klass in algo_class.__mro__:
+        if "__init__" in vars(klass):
+            parameters = inspect.signature(klass.__init__).parameters.values()
+            names |= {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)} - {"self"}
+            if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+                break
+    return names
 
 
 # ------------------------------------------------------------------ registration and files

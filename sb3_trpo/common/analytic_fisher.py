@@ -250,3 +250,17 @@ def policy_fisher_vector_product(
     sub-sample of the states for the Fisher).
     """
     return analytic_fisher_vector_product(policy.get_distribution(observations), params)
+
+
+def action_reduced_fisher(
+    joint: MatrixVectorProduct, distribution: Distribution, action_reduction: str
+) -> MatrixVectorProduct:
+    """The Fisher of the KL as ``action_reduction`` sums it, from ``joint``, the joint KL's.
+
+    The KL averaged over its terms (``"mean"``) has the Fisher of the joint KL divided by their number
+    (:func:`kl_terms_per_state`); ``"sum"`` is the joint KL itself.
+    """
+    if action_reduction != "mean":
+        return joint
+    scale = 1.0 / kl_terms_per_state(distribution)
+    return lambda vector: joint(vector) * scale

@@ -2,10 +2,13 @@
 
 Advantage statistics, the surrogate, the KL, and the critic loss all call :func:`batch_mean`
 (gradients and Fisher-vector products inherit it because they are derivatives of those means).
-A data-parallel TRPO, where each process collects its own rollouts, only has to replace this
-function with one that all-reduces the sum and the count through ``torch.distributed``. Products
-written out by hand (the MLP actor's Fisher product) take the weight of each state in that mean
-from :func:`mean_weights`, which differentiates :func:`batch_mean` itself.
+Products written out by hand take the weight of each state in that mean from :func:`mean_weights`
+(the MLP actor's Fisher product, which differentiates :func:`batch_mean` itself), or ``1/N`` from
+:func:`mean_scale` and the sum over processes from :func:`sum_across` (the flat critic fit).
+
+In one process these are the plain means. A data-parallel TRPO, where each process collects its own
+rollouts, replaces them with ones that all-reduce the sums and the counts through ``torch.distributed``;
+nothing else in the update has to change.
 """
 
 from __future__ import annotations
@@ -38,3 +41,13 @@ def mean_weights(like: th.Tensor, mask: th.Tensor | None = None) -> th.Tensor:
     with th.enable_grad():
         (weights,) = th.autograd.grad(batch_mean(per_state, mask), per_state)
     return weights
+
+
+def mean_scale(count: int, like: th.Tensor) -> th.Tensor:
+    """``1/N`` of a mean over ``count`` items, 0-dim in ``like``'s dtype and device, as torch's mean backward forms it."""
+    return th.ones((), dtype=like.dtype, device=like.device) / count
+
+
+def sum_across(tensor: th.Tensor) -> th.Tensor:
+    """``tensor`` summed over the processes that share the batch, in place: in one process, ``tensor`` itself."""
+    return tensor

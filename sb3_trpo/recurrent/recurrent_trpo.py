@@ -14,10 +14,13 @@ from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import BasePolicy
 
+from sb3_trpo.accel.spec import MLPSpec
+from sb3_trpo.common.backends import RolloutBackend, SB3Rollouts
+from sb3_trpo.common.policy_step import PolicyBatch
 from sb3_trpo.common.reduction import batch_mean
 from sb3_trpo.common.validation import require
 from sb3_trpo.recurrent.policies import CnnLstmPolicy, MlpLstmPolicy, MultiInputLstmPolicy
-from sb3_trpo.trpo.trpo import TRPO, PolicyBatch
+from sb3_trpo.trpo.trpo import TRPO
 
 RECURRENT_BUFFERS = (RecurrentRolloutBuffer, RecurrentDictRolloutBuffer)
 
@@ -101,10 +104,6 @@ class RecurrentTRPO(TRPO):
     }
     policy: RecurrentActorCriticPolicy
 
-    # RecurrentPPO's rollout collection: it carries the LSTM states of the environments from step
-    # to step (and across rollouts), records them with each step and resets them at episode starts.
-    collect_rollouts = RecurrentPPO.collect_rollouts
-
     def _setup_model(self) -> None:
         require(
             isinstance(self.policy_class, type) and issubclass(self.policy_class, RecurrentActorCriticPolicy),
@@ -120,16 +119,10 @@ class RecurrentTRPO(TRPO):
             "None or a subclass of sb3_contrib's RecurrentRolloutBuffer or RecurrentDictRolloutBuffer",
             self.rollout_buffer_class,
         )
-        # SB3's setup builds the rollout buffer before the policy, but a recurrent buffer's shape
-        # depends on the policy's LSTM: let it build a feed-forward one (np.zeros, so no memory is
-        # touched), then replace it with the recurrent one.
-        requested_class, self.rollout_buffer_class = self.rollout_buffer_class, None
-        buffer_kwargs, self.rollout_buffer_kwargs = self.rollout_buffer_kwargs, {}
-        try:
-            super()._setup_model()
-        finally:
-            self.rollout_buffer_class, self.rollout_buffer_kwargs = requested_class, buffer_kwargs
+        super()._setup_model()
 
+    def _make_rollout_buffer(self) -> RecurrentRolloutBuffer | RecurrentDictRolloutBuffer:
+        """sb3-contrib's recurrent buffer (dict observations: its dict variant), shaped by the policy's LSTM."""
         # As RecurrentPPO: the actor's and the critic's LSTM have the same shape.
         lstm = self.policy.lstm_actor
         state_shape = (lstm.num_layers, self.n_envs, lstm.hidden_size)
@@ -138,13 +131,13 @@ class RecurrentTRPO(TRPO):
             (th.zeros(state_shape, device=self.device), th.zeros(state_shape, device=self.device)),
         )
         buffer_class: type[RecurrentRolloutBuffer | RecurrentDictRolloutBuffer]
-        if requested_class is not None and issubclass(requested_class, (RecurrentRolloutBuffer, RecurrentDictRolloutBuffer)):
-            buffer_class = requested_class
+        if self.rollout_buffer_class is not None:
+            buffer_class = self.rollout_buffer_class  # type: ignore[assignment]  # checked in _setup_model
         elif isinstance(self.observation_space, spaces.Dict):
             buffer_class = RecurrentDictRolloutBuffer
         else:
             buffer_class = RecurrentRolloutBuffer
-        self.rollout_buffer = buffer_class(
+        return buffer_class(
             self.n_steps,
             self.observation_space,
             self.action_space,
@@ -153,8 +146,23 @@ class RecurrentTRPO(TRPO):
             gamma=self.gamma,
             gae_lambda=self.gae_lambda,
             n_envs=self.n_envs,
-            **buffer_kwargs,
+            **self.rollout_buffer_kwargs,
         )
+
+    def _make_rollout_backend(self, spec: MLPSpec | str) -> RolloutBackend:
+        """RecurrentPPO's rollout collection: it carries the LSTM states of the environments from step to step
+        (and across rollouts), records them with each step and resets them at episode starts."""
+        require(self.rollout_method != "numpy", "rollout_method", '"auto" or "sb3" for an LSTM policy', self.rollout_method)
+        return SB3Rollouts(RecurrentPPO.collect_rollouts, declined="numpy: LSTM policies are collected by RecurrentPPO's loop")
+
+    def _probe_distribution(self) -> Distribution:
+        """The action distribution on one observation of the space, from a zero LSTM state."""
+        observation, _ = self.policy.obs_to_tensor(self.observation_space.sample())
+        lstm = self.policy.lstm_actor
+        zeros = th.zeros(lstm.num_layers, 1, lstm.hidden_size, device=self.device)
+        with th.backends.cudnn.flags(enabled=False):
+            distribution, _ = self.policy.get_distribution(observation, (zeros, zeros), th.ones(1, device=self.device))  # type: ignore[arg-type]
+        return distribution
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_last_lstm_states"]

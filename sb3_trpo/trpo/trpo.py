@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import copy
-import functools
 import math
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
@@ -22,21 +19,38 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_trpo.common.analytic_fisher import analytic_fisher_vector_product, kl_terms_per_state, supports_analytic_fisher
-from sb3_trpo.common.critic import fast_critic_fit, rollout_minibatches
-from sb3_trpo.common.fisher import KL_ACTION_REDUCTIONS, autograd_fisher_vector_product, kl_per_state
-from sb3_trpo.common.mlp_fisher import PolicyMLPActor
+from sb3_trpo.accel import (
+    FlatCritic,
+    MLPActor,
+    MLPSpec,
+    NumpyRollouts,
+    actor_unsupported,
+    critic_unsupported,
+    recognise,
+    rollout_unsupported,
+)
+from sb3_trpo.common.analytic_fisher import supports_analytic_fisher
+from sb3_trpo.common.backends import (
+    ActorBackend,
+    Backends,
+    CriticBackend,
+    CriticFitResult,
+    RolloutBackend,
+    SB3Rollouts,
+    TorchActor,
+    TorchCritic,
+    actor_parameters,
+)
+from sb3_trpo.common.fisher import KL_ACTION_REDUCTIONS
 from sb3_trpo.common.natural_gradient import (
     LineSearchResult,
-    MatrixVectorProduct,
     backtracking_line_search,
     conjugate_gradient,
-    flat_concat,
     trust_region_step_scale,
 )
+from sb3_trpo.common.policy_step import ActorProblem, PolicyBatch, PolicyEvaluation, PolicyObjective, surrogate_objective
 from sb3_trpo.common.reduction import batch_mean, batch_std
-from sb3_trpo.common.rollout import NumpyActorCritic, collect_rollouts_numpy, numpy_actor_critic_unsupported
-from sb3_trpo.common.validation import is_integer, require
+from sb3_trpo.common.validation import Rule, integer, is_number, number, one_of, require, validate
 from sb3_trpo.trpo.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 
 SelfTRPO = TypeVar("SelfTRPO", bound="TRPO")
@@ -45,84 +59,73 @@ SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, sp
 KL_CONSTRAINTS = ("mean", "max")
 FISHER_METHODS = ("auto", "analytic", "autograd")
 ROLLOUT_METHODS = ("auto", "numpy", "sb3")
+ACTOR_METHODS = ("auto", "mlp", "torch")
+CRITIC_METHODS = ("auto", "flat", "torch")
 
+HYPERPARAMETERS: dict[str, Rule] = {
+    "learning_rate": Rule("a finite number >= 0 or a schedule", lambda v: callable(v) or (is_number(v) and v >= 0)),
+    "n_steps": integer(1),
+    "batch_size": integer(1),
+    "gamma": number(0, 1),
+    "cg_max_steps": integer(1),
+    "cg_damping": number(0),
+    "line_search_shrinking_factor": number(0, 1, open_low=True, open_high=True),
+    "line_search_max_iter": integer(1),
+    "n_critic_updates": integer(0),
+    "gae_lambda": number(0, 1),
+    "target_kl": number(0, open_low=True),
+    "sub_sampling_factor": integer(1),
+    "kl_constraint": one_of(KL_CONSTRAINTS),
+    "cg_residual_tol": number(0),
+    "fisher_method": one_of(FISHER_METHODS),
+    "fisher_sub_sampling_factor": integer(1),
+    "rollout_method": one_of(ROLLOUT_METHODS),
+    "kl_action_reduction": one_of(KL_ACTION_REDUCTIONS),
+    "actor_method": one_of(ACTOR_METHODS),
+    "critic_method": one_of(CRITIC_METHODS),
+}
+"""What each of TRPO's own hyperparameters accepts: checked at construction, named once."""
 
-@dataclass
-class PolicyBatch:
-    """The on-policy batch the policy step works on (the whole rollout, optionally sub-sampled)."""
-
-    observations: th.Tensor | dict[str, th.Tensor]
-    actions: th.Tensor
-    behaviour_log_prob: th.Tensor  # log β(a|s), stored by the policy that collected the data
-    advantages: th.Tensor  # normalised when ``normalize_advantage``
-    mask: th.Tensor | None = None  # the real states of a padded batch (recurrent sequences); None: all
-
-    def __len__(self) -> int:
-        """The number of items :meth:`subset` picks from: states here, whole sequences in a recurrent batch."""
-        return self.actions.shape[0]
-
-    def subset(self, index: th.Tensor) -> PolicyBatch:
-        """The states at ``index`` (a minibatch of a feed-forward batch)."""
-        observations: th.Tensor | dict[str, th.Tensor]
-        if isinstance(self.observations, dict):
-            observations = {key: obs[index] for key, obs in self.observations.items()}
-        else:
-            observations = self.observations[index]
-        mask = None if self.mask is None else self.mask[index]
-        return PolicyBatch(observations, self.actions[index], self.behaviour_log_prob[index], self.advantages[index], mask)
+__all__ = ["TRPO", "PolicyBatch", "PolicyUpdateStats", "surrogate_objective"]
 
 
 @dataclass(frozen=True)
-class PolicyEvaluation:
-    """The surrogate and the KL to ``π_θold`` of the current parameters, on the batch."""
-
-    objective: float
-    kl_mean: float
-    kl_max: float
-
-    def kl(self, constraint: str) -> float:
-        return self.kl_max if constraint == "max" else self.kl_mean
-
-    def is_finite(self) -> bool:
-        return math.isfinite(self.objective) and math.isfinite(self.kl_mean) and math.isfinite(self.kl_max)
-
-
-@dataclass
-class NaturalGradientProblem:
-    """Everything a policy step needs at ``θ_old``: ``g``, ``v -> F v`` and a way to evaluate candidates."""
-
-    actor_params: list[th.nn.Parameter]
-    gradient: th.Tensor  # g = ∇_θ L(θ) at θ_old
-    fisher_vector_product: MatrixVectorProduct  # v -> F v (undamped)
-    before: PolicyEvaluation  # at θ_old (KL = 0)
-    evaluate: Callable[[], PolicyEvaluation]  # at the parameters currently in the policy
-
-
-@dataclass
 class PolicyUpdateStats:
-    """Diagnostics of one policy step, logged under ``train/``."""
+    """Diagnostics of one policy step, logged under ``train/``: before it, and the accepted candidate (if any)."""
 
-    objective: float
-    kl_mean: float = 0.0
-    kl_max: float = 0.0
-    expected_improvement: float = 0.0
-    actual_improvement: float = 0.0
-    line_search_success: bool = False
+    before: PolicyEvaluation
+    after: PolicyEvaluation | None = None  # the accepted candidate; None: the parameters did not move
+    expected_improvement: float = 0.0  # gᵀΔ of the accepted step
     line_search_backtracks: int = 0
     cg_iterations: int = 0
     cg_residual: float = math.nan
-    step_size: float = 0.0
-    skipped: bool = False
+    step_size: float = 0.0  # ‖Δ‖ of the accepted step
+    skipped: bool = False  # non-finite numbers: the update was skipped
 
-    def kl(self, constraint: str) -> float:
-        return self.kl_max if constraint == "max" else self.kl_mean
+    @property
+    def line_search_success(self) -> bool:
+        return self.after is not None
 
+    @property
+    def measured(self) -> PolicyEvaluation:
+        """Where the step landed: the accepted candidate, else ``θ_old`` (KL 0)."""
+        return self.before if self.after is None else self.after
 
-def surrogate_objective(
-    log_prob: th.Tensor, behaviour_log_prob: th.Tensor, advantages: th.Tensor, mask: th.Tensor | None = None
-) -> th.Tensor:
-    """``L(θ) = mean[ π_θ(a|s) / β(a|s) · Â(s, a) ]``, importance-sampled against the behaviour policy β."""
-    return batch_mean(th.exp(log_prob - behaviour_log_prob) * advantages, mask)
+    @property
+    def objective(self) -> float:
+        return self.measured.objective
+
+    @property
+    def kl_mean(self) -> float:
+        return self.measured.kl_mean
+
+    @property
+    def kl_max(self) -> float:
+        return self.measured.kl_max
+
+    @property
+    def actual_improvement(self) -> float:
+        return self.measured.objective - self.before.objective
 
 
 class TRPO(OnPolicyAlgorithm):
@@ -193,15 +196,27 @@ class TRPO(OnPolicyAlgorithm):
         policy batch (states; whole sequences for recurrent policies), ``>= 1``. The paper used 10%
         (``k = 10``). Unlike ``sub_sampling_factor``, the gradient and the line search keep the
         whole batch: only the curvature estimate gets cheaper (and noisier).
-    :param rollout_method: How the policy is evaluated while collecting rollouts: ``"numpy"``, SB3's
-        MLP actor-critic (diagonal Gaussian or categorical actions, on the CPU) as NumPy products,
-        faster than torch on small networks (``benchmarks/speed.py`` measures the rollouts), with
-        the same random draws;
-        ``"sb3"``, SB3's own ``collect_rollouts``; or ``"auto"`` (default), ``"numpy"`` where the
-        policy is covered and ``"sb3"`` otherwise (gSDE, other distributions, custom networks, a GPU).
-        Both collect the same rollouts (to float32 rounding), with the same callbacks; on chaotic
-        environments (MuJoCo) rounding differences grow along an episode, so the same seed gives
-        another trajectory with each method.
+    :param rollout_method: The rollout backend: ``"numpy"``, SB3's MLP actor-critic (diagonal
+        Gaussian or categorical actions, on the CPU) evaluated as NumPy products, faster than torch on
+        small networks, with the same random draws; ``"sb3"``, SB3's own ``collect_rollouts``; or
+        ``"auto"`` (default), ``"numpy"`` where the policy is covered and ``"sb3"`` otherwise (gSDE,
+        other distributions, custom networks, a GPU). Both collect the same rollouts (to float32
+        rounding), with the same callbacks; on chaotic environments (MuJoCo) rounding differences
+        grow along an episode, so the same seed gives another trajectory with each method.
+    :param actor_method: The actor backend of the policy step: ``"mlp"``, SB3's MLP actor (diagonal
+        Gaussian or categorical actions) with the gradient, the Fisher-vector products and the
+        line-search candidates written out by hand; ``"torch"``, autograd through the policy's own
+        modules, for any policy; or ``"auto"`` (default), ``"mlp"`` where the policy is covered and
+        ``fisher_method`` is not ``"autograd"``, ``"torch"`` otherwise. Both compute the same step
+        (to float rounding).
+    :param critic_method: The critic backend: ``"flat"``, SB3's MLP critic with a plain Adam fitted
+        on one flat buffer with a hand-written backward pass and Adam step; ``"torch"``, autograd and
+        the policy's optimizer; or ``"auto"`` (default), ``"flat"`` where covered. Both take the same
+        steps (to float rounding).
+
+    The backends are chosen when the policy is built or replaced (``load``, ``set_parameters``, a new
+    policy object), never during an update: ``model.backends`` says which, and with ``verbose >= 1``
+    the choice is printed with the reason each accelerator was not used.
     :param kl_action_reduction: How the KL of one state adds up over independent action dimensions
         (diagonal Gaussian and Bernoulli actions): ``"sum"`` (default), the KL of the joint action
         distribution, as in the paper; or ``"mean"``, averaged over the dimensions, as
@@ -250,26 +265,10 @@ class TRPO(OnPolicyAlgorithm):
         fisher_sub_sampling_factor: int = 1,
         rollout_method: str = "auto",
         kl_action_reduction: str = "sum",
+        actor_method: str = "auto",
+        critic_method: str = "auto",
     ):
-        self._check_hyperparameters(
-            n_steps=n_steps,
-            batch_size=batch_size,
-            gamma=gamma,
-            gae_lambda=gae_lambda,
-            cg_max_steps=cg_max_steps,
-            cg_damping=cg_damping,
-            line_search_shrinking_factor=line_search_shrinking_factor,
-            line_search_max_iter=line_search_max_iter,
-            n_critic_updates=n_critic_updates,
-            target_kl=target_kl,
-            sub_sampling_factor=sub_sampling_factor,
-            kl_constraint=kl_constraint,
-            cg_residual_tol=cg_residual_tol,
-            fisher_method=fisher_method,
-            fisher_sub_sampling_factor=fisher_sub_sampling_factor,
-            rollout_method=rollout_method,
-            kl_action_reduction=kl_action_reduction,
-        )
+        validate(HYPERPARAMETERS, locals())
         super().__init__(
             policy,
             env,
@@ -308,70 +307,32 @@ class TRPO(OnPolicyAlgorithm):
         self.fisher_method = fisher_method
         self.fisher_sub_sampling_factor = fisher_sub_sampling_factor
         self.rollout_method = rollout_method
+        self.actor_method = actor_method
+        self.critic_method = critic_method
         self.kl_action_reduction = kl_action_reduction
         self.n_critic_updates = n_critic_updates
         self.sub_sampling_factor = sub_sampling_factor
         # Counters of updates skipped because of non-finite numbers; saved with the model.
         self.n_skipped_policy_updates = 0
         self.n_skipped_critic_steps = 0
+        self._backends: Backends | None = None  # chosen in _setup_model
+        self._backends_policy: BasePolicy | None = None
 
         if _init_setup_model:
             self._setup_model()
 
-    @staticmethod
-    def _check_hyperparameters(**params: Any) -> None:
-        """Raise a ValueError naming the first hyperparameter outside its accepted range."""
-        p = params
-        require(is_integer(p["n_steps"]) and p["n_steps"] >= 1, "n_steps", "an integer >= 1", p["n_steps"])
-        require(is_integer(p["batch_size"]) and p["batch_size"] >= 1, "batch_size", "an integer >= 1", p["batch_size"])
-        require(0.0 <= p["gamma"] <= 1.0, "gamma", "in [0, 1]", p["gamma"])
-        require(0.0 <= p["gae_lambda"] <= 1.0, "gae_lambda", "in [0, 1]", p["gae_lambda"])
-        require(is_integer(p["cg_max_steps"]) and p["cg_max_steps"] >= 1, "cg_max_steps", "an integer >= 1", p["cg_max_steps"])
-        require(p["cg_damping"] >= 0.0, "cg_damping", ">= 0", p["cg_damping"])
-        require(
-            0.0 < p["line_search_shrinking_factor"] < 1.0,
-            "line_search_shrinking_factor",
-            "in the open interval (0, 1)",
-            p["line_search_shrinking_factor"],
-        )
-        require(
-            is_integer(p["line_search_max_iter"]) and p["line_search_max_iter"] >= 1,
-            "line_search_max_iter",
-            "an integer >= 1",
-            p["line_search_max_iter"],
-        )
-        require(
-            is_integer(p["n_critic_updates"]) and p["n_critic_updates"] >= 0,
-            "n_critic_updates",
-            "an integer >= 0",
-            p["n_critic_updates"],
-        )
-        require(p["target_kl"] > 0.0 and math.isfinite(p["target_kl"]), "target_kl", "a finite number > 0", p["target_kl"])
-        require(
-            is_integer(p["sub_sampling_factor"]) and p["sub_sampling_factor"] >= 1,
-            "sub_sampling_factor",
-            "an integer >= 1",
-            p["sub_sampling_factor"],
-        )
-        require(p["kl_constraint"] in KL_CONSTRAINTS, "kl_constraint", f"one of {KL_CONSTRAINTS}", p["kl_constraint"])
-        require(p["cg_residual_tol"] >= 0.0, "cg_residual_tol", ">= 0", p["cg_residual_tol"])
-        require(p["fisher_method"] in FISHER_METHODS, "fisher_method", f"one of {FISHER_METHODS}", p["fisher_method"])
-        require(
-            is_integer(p["fisher_sub_sampling_factor"]) and p["fisher_sub_sampling_factor"] >= 1,
-            "fisher_sub_sampling_factor",
-            "an integer >= 1",
-            p["fisher_sub_sampling_factor"],
-        )
-        require(
-            p["kl_action_reduction"] in KL_ACTION_REDUCTIONS,
-            "kl_action_reduction",
-            f"one of {KL_ACTION_REDUCTIONS}",
-            p["kl_action_reduction"],
-        )
-        require(p["rollout_method"] in ROLLOUT_METHODS, "rollout_method", f"one of {ROLLOUT_METHODS}", p["rollout_method"])
+    # ------------------------------------------------------------------ set-up: the policy, the buffer, the backends
 
     def _setup_model(self) -> None:
-        super()._setup_model()
+        """SB3's set-up (``OnPolicyAlgorithm._setup_model``), the buffer made by a hook, then the backends."""
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        self.policy = self.policy_class(  # type: ignore[assignment]
+            self.observation_space, self.action_space, self.lr_schedule, use_sde=self.use_sde, **self.policy_kwargs
+        )
+        self.policy = self.policy.to(self.device)
+        self._maybe_recommend_cpu()
+        self.rollout_buffer = self._make_rollout_buffer()
         if self.fisher_method == "analytic":
             require(
                 supports_analytic_fisher(self.policy.action_dist),
@@ -380,9 +341,84 @@ class TRPO(OnPolicyAlgorithm):
                 "(only SB3's Gaussian, gSDE, categorical, multi-categorical and Bernoulli have one)",
                 self.fisher_method,
             )
-        if self.rollout_method == "numpy":
-            reason = numpy_actor_critic_unsupported(self.policy)
-            require(reason is None, "rollout_method", f'"auto" or "sb3" for this policy: {reason}', self.rollout_method)
+        self.select_backends()
+
+    def _make_rollout_buffer(self) -> RolloutBuffer:
+        """``rollout_buffer_class`` (SB3's ``RolloutBuffer``, or ``DictRolloutBuffer`` for dict observations)."""
+        if self.rollout_buffer_class is None:
+            dict_space = isinstance(self.observation_space, spaces.Dict)
+            self.rollout_buffer_class = DictRolloutBuffer if dict_space else RolloutBuffer
+        return self.rollout_buffer_class(
+            self.n_steps,
+            self.observation_space,
+            self.action_space,
+            device=self.device,
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
+            n_envs=self.n_envs,
+            **self.rollout_buffer_kwargs,
+        )
+
+    @property
+    def backends(self) -> Backends:
+        """The actor, critic and rollout backends chosen for the current policy (:meth:`select_backends`)."""
+        if self._backends is None or self._backends_policy is not self.policy:
+            self.select_backends()
+        assert self._backends is not None
+        return self._backends
+
+    def select_backends(self) -> Backends:
+        """Choose the actor, critic and rollout backends for the policy as it is now; call it after changing it."""
+        spec = recognise(self.policy)
+        actor = self._make_actor_backend(spec)
+        backends = Backends(actor, self._make_critic_backend(spec, actor.params), self._make_rollout_backend(spec))
+        if self.verbose >= 1 and str(backends) != str(self._backends):
+            print(f"{type(self).__name__} backends: {backends}")
+        self._backends, self._backends_policy = backends, self.policy
+        return backends
+
+    def _make_actor_backend(self, spec: MLPSpec | str) -> ActorBackend:
+        reason = 'fisher_method="autograd"' if self.fisher_method == "autograd" else actor_unsupported(spec)
+        if self.actor_method == "torch":
+            reason = 'actor_method="torch"'
+        if reason is None:
+            return MLPActor(spec)  # type: ignore[arg-type]
+        _require_reference(self.actor_method, "actor_method", '"auto" or "torch"', reason)
+        return TorchActor(self._distribution, self._actor_parameters(), self.fisher_method, declined=f"mlp: {reason}")
+
+    def _make_critic_backend(self, spec: MLPSpec | str, actor_params: list[th.nn.Parameter]) -> CriticBackend:
+        reference = TorchCritic(self.policy, self._value_loss, actor_params)
+        reason = 'critic_method="torch"' if self.critic_method == "torch" else critic_unsupported(spec, self.policy.optimizer)
+        if reason is None:
+            return FlatCritic(spec, actor_params, fallback=reference)  # type: ignore[arg-type]
+        _require_reference(self.critic_method, "critic_method", '"auto" or "torch"', reason)
+        reference.declined = f"flat: {reason}"
+        return reference
+
+    def _make_rollout_backend(self, spec: MLPSpec | str) -> RolloutBackend:
+        reason = 'rollout_method="sb3"' if self.rollout_method == "sb3" else rollout_unsupported(spec)
+        if reason is None:
+            return NumpyRollouts(spec)  # type: ignore[arg-type]
+        _require_reference(self.rollout_method, "rollout_method", '"auto" or "sb3"', reason)
+        return SB3Rollouts(declined=f"numpy: {reason}")
+
+    def _actor_parameters(self) -> list[th.nn.Parameter]:
+        """The parameters the action distribution depends on, read from autograd's graph of a probe."""
+        with th.enable_grad():
+            return actor_parameters(self.policy, self._probe_distribution())
+
+    def _probe_distribution(self) -> Distribution:
+        """The action distribution on one observation of the space (draws nothing from the random streams)."""
+        observation, _ = self.policy.obs_to_tensor(self.observation_space.sample())
+        return self.policy.get_distribution(observation)
+
+    def set_parameters(self, load_path_or_dict: Any, exact_match: bool = True, device: th.device | str = "auto") -> None:
+        """SB3's ``set_parameters``; the backends are chosen again for the parameters it loaded."""
+        super().set_parameters(load_path_or_dict, exact_match=exact_match, device=device)
+        self.select_backends()
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_backends", "_backends_policy"]
 
     def _check_env(self, normalize_advantage: bool, batch_size: int) -> None:
         assert self.env is not None
@@ -408,37 +444,27 @@ class TRPO(OnPolicyAlgorithm):
                 stacklevel=3,
             )
 
-    # ------------------------------------------------------------------ rollouts
+    # ------------------------------------------------------------------ rollouts and the update
 
     def collect_rollouts(
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
     ) -> bool:
-        """SB3's ``collect_rollouts``, with the policy evaluated by NumPy where ``rollout_method`` allows it."""
-        actor_critic = None if self.rollout_method == "sb3" else NumpyActorCritic.from_policy(self.policy)
-        if actor_critic is None:
-            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
-        return collect_rollouts_numpy(self, actor_critic, env, callback, rollout_buffer, n_rollout_steps)
-
-    # ------------------------------------------------------------------ the update
+        """SB3's ``collect_rollouts``, run by the rollout backend."""
+        return self.backends.rollout.collect(self, env, callback, rollout_buffer, n_rollout_steps)
 
     def train(self) -> None:
         """One TRPO update on the rollout buffer: policy step in the trust region, then the critic fit."""
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-
-        batch = self._policy_batch()
-        stats, actor_params = self._policy_step(batch)
-        value_losses = self._fit_critic(actor_params)
-
+        stats = self._policy_step(self._policy_batch())
+        critic = self._fit_critic()
         self._n_updates += 1
-        self._log_update(stats, value_losses)
+        self._log_update(stats, critic)
 
     def _policy_batch(self) -> PolicyBatch:
         """The whole rollout as one batch, every ``sub_sampling_factor``-th item, advantages normalised."""
         batch = self._rollout_batch(next(iter(self.rollout_buffer.get(batch_size=None))))
-        if self.sub_sampling_factor > 1:
-            batch = batch.subset(th.arange(0, len(batch), self.sub_sampling_factor, device=batch.actions.device))
-        return self._normalize_advantages(batch)
+        return self._normalize_advantages(batch.every(self.sub_sampling_factor))
 
     def _rollout_batch(self, data: Any) -> PolicyBatch:
         """The rollout buffer's samples as a :class:`PolicyBatch` (discrete actions as integer indices)."""
@@ -454,170 +480,48 @@ class TRPO(OnPolicyAlgorithm):
         return batch
 
     def _distribution(self, batch: PolicyBatch) -> Distribution:
-        """The current policy's action distribution on the states of ``batch``."""
+        """The current policy's action distribution on the states of ``batch`` (the reference backends' forward pass)."""
         return self.policy.get_distribution(batch.observations)
 
-    def _natural_gradient_problem(self, batch: PolicyBatch) -> NaturalGradientProblem:
-        """Surrogate, gradient, KL and Fisher-vector product at ``θ_old``, shared by every policy step."""
-        actor = self._mlp_actor(batch)
-        if actor is not None:
-            return self._mlp_natural_gradient_problem(actor, batch)
-        with th.no_grad():
-            # get_distribution() updates the policy's distribution object in place: keep a shallow copy.
-            old_distribution = copy.copy(self._distribution(batch))
-        distribution = self._distribution(batch)
-        objective = self._surrogate(distribution, batch)
+    def _natural_gradient_problem(self, batch: PolicyBatch) -> ActorProblem:
+        """The actor backend's problem at ``θ_old``: ``g``, ``v -> F v`` and the evaluation of candidates."""
+        objective = PolicyObjective(batch, self.kl_action_reduction)
+        return self.backends.actor.problem(objective, self.fisher_sub_sampling_factor)
 
-        # The actor is whatever the action distribution depends on: no reliance on parameter names.
-        params = [param for param in self.policy.parameters() if param.requires_grad]
-        grads = th.autograd.grad(objective, params, retain_graph=True, allow_unused=True)
-        actor_params = [param for param, grad in zip(params, grads, strict=True) if grad is not None]
-        gradient = flat_concat([grad for grad in grads if grad is not None])
-
-        # The Fisher may use a sub-sample of the states (the paper used 10%); the gradient uses them all.
-        fisher_batch, fisher_old, fisher_distribution = batch, old_distribution, distribution
-        if self.fisher_sub_sampling_factor > 1:
-            fisher_batch = batch.subset(self._fisher_index(batch))
-            with th.no_grad():
-                fisher_old = copy.copy(self._distribution(fisher_batch))
-            fisher_distribution = self._distribution(fisher_batch)
-
-        def kl() -> th.Tensor:  # the mean KL with its graph: only the autograd product needs it
-            return batch_mean(self._kl_per_state(fisher_old, fisher_distribution), fisher_batch.mask)
-
-        fisher_vector_product = self._fisher_vector_product(fisher_distribution, kl, actor_params, fisher_batch)
-
-        def evaluate() -> PolicyEvaluation:
-            with th.no_grad():
-                candidate = self._distribution(batch)
-                return self._evaluate(candidate, old_distribution, batch)
-
-        before = PolicyEvaluation(objective.item(), 0.0, 0.0)
-        return NaturalGradientProblem(actor_params, gradient, fisher_vector_product, before, evaluate)
-
-    def _fisher_index(self, batch: PolicyBatch) -> th.Tensor:
-        """The states the Fisher-vector products use: every ``fisher_sub_sampling_factor``-th."""
-        return th.arange(0, len(batch), self.fisher_sub_sampling_factor, device=batch.actions.device)
-
-    def _mlp_actor(self, batch: PolicyBatch) -> PolicyMLPActor | None:
-        """SB3's MLP actor by hand on ``batch`` (no autograd through the network), where it applies, else None.
-
-        Where ``_distribution`` is the policy's own and Fisher products are closed-form (``fisher_method``
-        not ``"autograd"``), for the policies :func:`~sb3_trpo.common.mlp_fisher.mlp_actor_unsupported` covers.
-        """
-        if self.fisher_method == "autograd" or type(self)._distribution is not TRPO._distribution:
-            return None
-        return PolicyMLPActor.from_policy(self.policy, batch.observations, mask=batch.mask)
-
-    def _mlp_natural_gradient_problem(self, actor: PolicyMLPActor, batch: PolicyBatch) -> NaturalGradientProblem:
-        """:meth:`_natural_gradient_problem` for SB3's MLP actor: one forward pass at ``θ_old`` serves all.
-
-        The same quantities as the autograd path (to float rounding, ``tests/test_mlp_fisher.py``):
-        ``g = Jᵀ ∂L/∂η`` and ``F v = Jᵀ M J v`` by hand, the distributions SB3's own, built from ``η``.
-        """
-        old_distribution = actor.distribution(actor.outputs_old)
-        objective, gradient = actor.gradient(lambda distribution: self._surrogate(distribution, batch))
-        fisher_actor = actor.subset(self._fisher_index(batch)) if self.fisher_sub_sampling_factor > 1 else actor
-        fisher_vector_product = self._reduced_fisher(fisher_actor.fisher_vector_product(), old_distribution)
-
-        def evaluate() -> PolicyEvaluation:
-            with th.no_grad():
-                return self._evaluate(actor.distribution(actor.outputs()), old_distribution, batch)
-
-        before = PolicyEvaluation(objective.item(), 0.0, 0.0)
-        actor_params = cast(list[th.nn.Parameter], actor.params)  # the policy's own parameters
-        return NaturalGradientProblem(actor_params, gradient, fisher_vector_product, before, evaluate)
-
-    def _fisher_vector_product(
-        self,
-        distribution: Distribution,
-        kl: Callable[[], th.Tensor],
-        actor_params: list[th.nn.Parameter],
-        batch: PolicyBatch,
-    ) -> MatrixVectorProduct:
-        """``v -> F v`` at ``θ_old``: closed form ``Jᵀ M J v`` when the distribution has one, else autograd.
-
-        The closed form goes through autograd's graph of the network (SB3's MLP actor has its own,
-        hand-written path, :meth:`_mlp_natural_gradient_problem`); ``kl`` gives the mean KL with its
-        graph, for the double-backward product of any other distribution. Both are built on first
-        use (before the parameters move), so a step that never needs ``F`` never pays for it.
-        """
-        if self.fisher_method != "autograd":
-            analytic = analytic_fisher_vector_product(distribution, actor_params, batch.mask)
-            if analytic is not None:
-                return self._reduced_fisher(analytic, distribution)
-        build_autograd = functools.cache(lambda: autograd_fisher_vector_product(kl(), actor_params))
-        return lambda vector: build_autograd()(vector)
-
-    def _reduced_fisher(self, joint: MatrixVectorProduct, distribution: Distribution) -> MatrixVectorProduct:
-        """The Fisher of the KL as ``kl_action_reduction`` says, from the joint KL's ``joint``.
-
-        The KL averaged over its terms (``"mean"``) has the Fisher of the joint KL divided by their number.
-        """
-        if self.kl_action_reduction != "mean":
-            return joint
-        scale = 1.0 / kl_terms_per_state(distribution)
-        return lambda vector: joint(vector) * scale
-
-    def _kl_per_state(self, old: Distribution, new: Distribution) -> th.Tensor:
-        """``KL(π_old(·|s) ‖ π_new(·|s))`` per state, over the action dimensions as ``kl_action_reduction`` says."""
-        return kl_per_state(old, new, self.kl_action_reduction)
-
-    @staticmethod
-    def _surrogate(distribution: Distribution, batch: PolicyBatch) -> th.Tensor:
-        """:func:`surrogate_objective` of ``distribution`` on ``batch``'s actions, behaviour log-probs and advantages."""
-        return surrogate_objective(
-            distribution.log_prob(batch.actions), batch.behaviour_log_prob, batch.advantages, batch.mask
-        )
-
-    def _evaluate(self, candidate: Distribution, old_distribution: Distribution, batch: PolicyBatch) -> PolicyEvaluation:
-        objective = self._surrogate(candidate, batch)
-        # KL ≥ 0; float32 round-off can put a tiny step's value slightly below.
-        kl = self._kl_per_state(old_distribution, candidate).clamp_min(0.0)
-        kl_max = (kl if batch.mask is None else kl[batch.mask]).max()
-        return PolicyEvaluation(objective.item(), batch_mean(kl, batch.mask).item(), kl_max.item())
-
-    def _policy_step(self, batch: PolicyBatch) -> tuple[PolicyUpdateStats, list[th.nn.Parameter]]:
+    def _policy_step(self, batch: PolicyBatch) -> PolicyUpdateStats:
         """The natural-gradient step: CG direction ``x``, scaled by :meth:`_step_length`, then the line search."""
         problem = self._natural_gradient_problem(batch)
         if not th.isfinite(batch.advantages).all():
-            return self._skip_policy_update("non-finite advantages", problem), problem.actor_params
+            return self._skip_policy_update("non-finite advantages", problem)
         if not th.isfinite(problem.gradient).all():
-            return self._skip_policy_update("non-finite policy gradient", problem), problem.actor_params
+            return self._skip_policy_update("non-finite policy gradient", problem)
 
         def damped_fisher_vector_product(vector: th.Tensor) -> th.Tensor:  # (F + λI) v
             return problem.fisher_vector_product(vector) + self.cg_damping * vector
 
-        cg = conjugate_gradient(
-            damped_fisher_vector_product,
-            problem.gradient,
-            max_steps=self.cg_max_steps,
-            residual_tol=self.cg_residual_tol,
-        )
+        cg = conjugate_gradient(damped_fisher_vector_product, problem.gradient, self.cg_max_steps, self.cg_residual_tol)
         if cg.iterations == 0:  # ‖g‖² is already below the CG tolerance: there is no ascent direction
-            return PolicyUpdateStats(objective=problem.before.objective, cg_residual=cg.residual_norm), problem.actor_params
+            return PolicyUpdateStats(problem.before, cg_residual=cg.residual_norm)
         direction = cg.solution
         if not th.isfinite(direction).all():
-            return self._skip_policy_update("non-finite conjugate-gradient direction", problem), problem.actor_params
+            return self._skip_policy_update("non-finite conjugate-gradient direction", problem)
         # The curvature of the damped model the direction solves: x = (F + λI)⁻¹ g maximises gᵀΔ subject
         # to ½ Δᵀ(F + λI)Δ ≤ δ along s·x, as in the reference implementations (and sb3-contrib).
         curvature = th.dot(direction, damped_fisher_vector_product(direction)).item()
         if not (math.isfinite(curvature) and curvature > 0.0):
             reason = f"non-positive or non-finite curvature xᵀ(F + λI)x = {curvature:.3g}"
-            return self._skip_policy_update(reason, problem), problem.actor_params
+            return self._skip_policy_update(reason, problem)
         full_step = self._step_length(curvature) * direction
 
         result = backtracking_line_search(
-            problem.actor_params,
+            problem.params,
             full_step,
             problem.evaluate,
             lambda candidate: self._is_acceptable(candidate, problem.before),
             self.line_search_shrinking_factor,
             self.line_search_max_iter,
         )
-        stats = self._step_stats(problem, result, full_step)
-        stats.cg_iterations, stats.cg_residual = cg.iterations, cg.residual_norm
-        return stats, problem.actor_params
+        return self._step_stats(problem, result, full_step, cg.iterations, cg.residual_norm)
 
     def _step_length(self, curvature: float) -> float:
         """TRPO's step length: ``sqrt(2δ / xᵀ(F + λI)x)``, the boundary of the damped quadratic trust region."""
@@ -633,24 +537,25 @@ class TRPO(OnPolicyAlgorithm):
 
     @staticmethod
     def _step_stats(
-        problem: NaturalGradientProblem, result: LineSearchResult[PolicyEvaluation], full_step: th.Tensor
+        problem: ActorProblem,
+        result: LineSearchResult[PolicyEvaluation],
+        full_step: th.Tensor,
+        cg_iterations: int,
+        cg_residual: float,
     ) -> PolicyUpdateStats:
         """Diagnostics of a line search: where it landed and what the linear model predicted."""
-        stats = PolicyUpdateStats(
-            objective=problem.before.objective,
-            line_search_success=result.accepted,
+        step = result.step_fraction * full_step
+        return PolicyUpdateStats(
+            before=problem.before,
+            after=result.evaluation if result.accepted else None,
+            expected_improvement=th.dot(problem.gradient, step).item() if result.accepted else 0.0,
             line_search_backtracks=result.n_backtracks,
+            cg_iterations=cg_iterations,
+            cg_residual=cg_residual,
+            step_size=th.linalg.vector_norm(step).item() if result.accepted else 0.0,
         )
-        if result.accepted and result.evaluation is not None:
-            step = result.step_fraction * full_step
-            stats.objective = result.evaluation.objective
-            stats.kl_mean, stats.kl_max = result.evaluation.kl_mean, result.evaluation.kl_max
-            stats.expected_improvement = th.dot(problem.gradient, step).item()
-            stats.actual_improvement = result.evaluation.objective - problem.before.objective
-            stats.step_size = th.linalg.vector_norm(step).item()
-        return stats
 
-    def _skip_policy_update(self, reason: str, problem: NaturalGradientProblem) -> PolicyUpdateStats:
+    def _skip_policy_update(self, reason: str, problem: ActorProblem) -> PolicyUpdateStats:
         """Leave the actor untouched, warn, and count the skipped update."""
         self.n_skipped_policy_updates += 1
         warnings.warn(
@@ -659,11 +564,10 @@ class TRPO(OnPolicyAlgorithm):
             RuntimeWarning,
             stacklevel=3,
         )
-        return PolicyUpdateStats(objective=problem.before.objective, skipped=True)
+        return PolicyUpdateStats(problem.before, skipped=True)
 
-    def _fit_critic(self, actor_params: list[th.nn.Parameter]) -> list[float]:
-        """Regress the value function on the GAE returns; the actor's parameters never move."""
-        value_losses: list[float] = []
+    def _fit_critic(self) -> CriticFitResult:
+        """Regress the value function on the GAE returns with the critic backend; the actor never moves."""
         if not np.isfinite(self.rollout_buffer.returns).all():
             self.n_skipped_critic_steps += 1
             warnings.warn(
@@ -671,37 +575,17 @@ class TRPO(OnPolicyAlgorithm):
                 RuntimeWarning,
                 stacklevel=3,
             )
-            return value_losses
-        if type(self)._value_loss is TRPO._value_loss:
-            # SB3's standard MLP critic with Adam: the same steps (to float32 rounding), without autograd's overhead.
-            minibatches = rollout_minibatches(self.rollout_buffer, self.batch_size, self.n_critic_updates)
-            result = fast_critic_fit(self.policy, self.policy.optimizer, minibatches)
-            if result is not None:
-                for param in actor_params:
-                    param.grad = None
-                self.n_skipped_critic_steps += result.n_skipped_steps
-                return result.losses
-        for _ in range(self.n_critic_updates):
-            for data in self.rollout_buffer.get(self.batch_size):
-                value_loss = self._value_loss(data)
-                if not th.isfinite(value_loss):
-                    self.n_skipped_critic_steps += 1
-                    continue
-                self.policy.optimizer.zero_grad()
-                value_loss.backward()
-                # Parameters without a gradient are left alone by the optimiser, whatever its state.
-                for param in actor_params:
-                    param.grad = None
-                self.policy.optimizer.step()
-                value_losses.append(value_loss.item())
-        return value_losses
+            return CriticFitResult()
+        result = self.backends.critic.fit(self.rollout_buffer, self.batch_size, self.n_critic_updates)
+        self.n_skipped_critic_steps += result.n_skipped_steps
+        return result
 
     def _value_loss(self, data: Any) -> th.Tensor:
-        """Mean squared error of the critic on a minibatch of the rollout buffer."""
+        """Mean squared error of the critic on a minibatch of the rollout buffer (the reference critic's loss)."""
         values = self.policy.predict_values(data.observations).flatten()
         return batch_mean((data.returns - values).pow(2))
 
-    def _log_update(self, stats: PolicyUpdateStats, value_losses: list[float]) -> None:
+    def _log_update(self, stats: PolicyUpdateStats, critic: CriticFitResult) -> None:
         record = self.logger.record
         record("train/policy_objective", stats.objective)
         record("train/kl_divergence", stats.kl_mean)
@@ -715,8 +599,8 @@ class TRPO(OnPolicyAlgorithm):
         record("train/step_size", stats.step_size)
         record("train/skipped_policy_updates", self.n_skipped_policy_updates)
         record("train/skipped_critic_steps", self.n_skipped_critic_steps)
-        if value_losses:
-            record("train/value_loss", float(np.mean(value_losses)))
+        if critic.losses:
+            record("train/value_loss", float(np.mean(critic.losses)))
         values, returns = self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()
         record("train/explained_variance", explained_variance(values, returns))
         if hasattr(self.policy, "log_std"):
@@ -741,3 +625,8 @@ class TRPO(OnPolicyAlgorithm):
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
+
+
+def _require_reference(option: str, name: str, accepted: str, reason: str) -> None:
+    """A ``ValueError`` naming ``name`` where its value forces an accelerator that declined (``reason``)."""
+    require(option in ("auto", "torch", "sb3"), name, f"{accepted} for this policy ({reason})", option)

@@ -14,141 +14,40 @@ Here the whole fit runs on one flat parameter buffer with preallocated work buff
 - Adam updates the flat buffer in place with the operations of ``torch.optim.Adam``'s
   single-tensor step (the CPU default; its multi-tensor step computes the same expression).
 
-Two layers, as in the rest of ``common/``:
+Two layers:
 
 - the core (:class:`FlatMLPCritic`, :class:`FlatAdam`, :func:`fit_value_function`) knows nothing of
   Stable-Baselines3: parameters are ``(weight, bias)`` tensors, minibatches are ``(x, R)`` pairs;
-- the adapter (:func:`fast_critic_fit`, :func:`fast_critic_fit_unsupported`, and
-  :func:`rollout_minibatches` to cut the rollout buffer's minibatches cheaply) recognises SB3's
-  standard value path (flatten features extractor → ``mlp_extractor.value_net`` → ``value_net``)
-  and a plain ``torch.optim.Adam``, copies the critic's parameters and Adam state into the flat
-  buffers, fits, and writes parameters, gradients and ``optimizer.state`` back in the format
-  ``torch.optim.Adam`` uses, so that ``save()`` / ``load()``, ``optimizer.state_dict()`` and a later
-  autograd step carry on exactly. Anything else is reported unsupported, and the caller keeps its
-  autograd loop. ``tests/test_critic.py`` checks both layers against autograd + ``torch.optim.Adam``.
+- the backend (:class:`FlatCritic`, built from the critic of an :class:`~sb3_trpo.accel.spec.MLPSpec`
+  and a plain ``torch.optim.Adam``; :func:`rollout_minibatches` cuts the rollout buffer's minibatches
+  cheaply) copies the critic's parameters and Adam state into the flat buffers, fits, and writes
+  parameters, gradients and ``optimizer.state`` back in the format ``torch.optim.Adam`` uses, so that
+  ``save()`` / ``load()``, ``optimizer.state_dict()`` and a later autograd step carry on exactly.
+  ``tests/test_critic.py`` checks both layers against autograd + ``torch.optim.Adam``.
 
-The mean over the minibatch is the plain ``1/B`` of :func:`sb3_trpo.common.reduction.batch_mean`;
-a data-parallel critic fit (a distributed ``batch_mean``) must use the autograd loop.
+The minibatch mean goes through the reduction point (:mod:`sb3_trpo.common.reduction`): the
+gradient is the sum over the minibatch times ``1/N`` of :func:`~sb3_trpo.common.reduction.mean_scale`
+and passes :func:`~sb3_trpo.common.reduction.sum_across` once per step, one flat vector, which is
+where training on many processes adds the other processes' minibatches.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch as th
 from torch import nn
 
+from sb3_trpo.accel.activations import Activation, BackwardFn, ForwardFn
+from sb3_trpo.accel.spec import MLPSpec
+from sb3_trpo.accel.torch_compat import has_optimizer_hooks
+from sb3_trpo.common.backends import CriticBackend, CriticFitResult
+from sb3_trpo.common.reduction import mean_scale, sum_across
+
 Tensor = th.Tensor
-_aten = th.ops.aten
-ForwardFn = Callable[[Tensor, Tensor], object]  # (h, out) -> out ← φ(h)
-BackwardFn = Callable[[Tensor, Tensor, Tensor], object]  # (∂ℓ/∂a, a or h, out) -> out ← ∂ℓ/∂h
-
-# ---------------------------------------------------------------------------------------------- activations
-
-
-@dataclass(frozen=True)
-class Activation:
-    """A hidden-layer nonlinearity ``a = φ(h)`` with the derivative autograd uses for it.
-
-    :param name: one of :data:`ACTIVATIONS`.
-    :param negative_slope: ``leaky_relu``'s slope for ``h < 0`` (PyTorch's default 0.01).
-    :param alpha: ``elu``'s ``α`` in ``α (eᵸ − 1)`` for ``h ≤ 0`` (PyTorch's default 1.0).
-    :param approximate: ``gelu``'s ``"none"`` (erf) or ``"tanh"``.
-    """
-
-    name: str
-    negative_slope: float = 0.01
-    alpha: float = 1.0
-    approximate: str = "none"
-
-    def __post_init__(self) -> None:
-        if self.name not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {self.name!r}")
-        if self.approximate not in ("none", "tanh"):
-            raise ValueError(f'approximate must be "none" or "tanh", got {self.approximate!r}')
-
-    @property
-    def backward_uses_output(self) -> bool:
-        """Whether ``∂ℓ/∂h`` is computed from ``a = φ(h)`` (tanh, sigmoid, relu) rather than from ``h``."""
-        return self.name in ("tanh", "sigmoid", "relu")
-
-    def forward_fn(self, device: th.device | None = None) -> ForwardFn:
-        """``(h, out) -> out ← φ(h)``, with the kernel the ``torch.nn`` module calls.
-
-        Except tanh on the CPU: NumPy's vectorised tanh, much faster than torch's there on these
-        sizes, on views of the same memory; it rounds differently from torch's, within a few float32
-        ulps.
-        """
-        name, slope, alpha, approximate = self.name, self.negative_slope, self.alpha, self.approximate
-        nn_ops = th._C._nn
-        if name == "tanh" and device is not None and device.type == "cpu":
-            return lambda h, out: np.tanh(h.numpy(), out=out.numpy())
-        if name == "tanh":
-            return lambda h, out: th.tanh(h, out=out)
-        if name == "relu":
-            return lambda h, out: th.clamp_min(h, 0, out=out)  # torch.relu is clamp_min(h, 0)
-        if name == "sigmoid":
-            return lambda h, out: th.sigmoid(h, out=out)
-        if name == "leaky_relu":
-            return lambda h, out: nn_ops.leaky_relu(h, slope, out=out)
-        if name == "elu":
-            return lambda h, out: nn_ops.elu(h, alpha, 1, 1, out=out)  # type: ignore[call-arg]
-        if name == "silu":
-            return lambda h, out: nn_ops.silu(h, out=out)  # type: ignore[call-arg]
-        return lambda h, out: nn_ops.gelu(h, approximate=approximate, out=out)  # type: ignore[call-arg]
-
-    def backward_fn(self) -> BackwardFn:
-        """``(∂ℓ/∂a, a or h, out) -> out ← ∂ℓ/∂h = ∂ℓ/∂a ⊙ φ'(h)``, the op autograd's derivative formula calls."""
-        name, slope, alpha, approximate = self.name, self.negative_slope, self.alpha, self.approximate
-        if name == "tanh":  # (1 − a²) ⊙ g
-            op = _aten.tanh_backward.grad_input
-            return lambda grad, a, out: op(grad, a, grad_input=out)
-        if name == "sigmoid":  # a (1 − a) ⊙ g
-            op = _aten.sigmoid_backward.grad_input
-            return lambda grad, a, out: op(grad, a, grad_input=out)
-        if name == "relu":  # g where a > 0
-            op = _aten.threshold_backward.grad_input
-            return lambda grad, a, out: op(grad, a, 0, grad_input=out)
-        if name == "leaky_relu":
-            op = _aten.leaky_relu_backward.grad_input
-            return lambda grad, h, out: op(grad, h, slope, False, grad_input=out)
-        if name == "elu":
-            op = _aten.elu_backward.grad_input
-            return lambda grad, h, out: op(grad, alpha, 1, 1, False, h, grad_input=out)
-        if name == "silu":
-            op = _aten.silu_backward.grad_input
-            return lambda grad, h, out: op(grad, h, grad_input=out)
-        op = _aten.gelu_backward.grad_input
-        return lambda grad, h, out: op(grad, h, approximate=approximate, grad_input=out)
-
-
-ACTIVATIONS = ("tanh", "relu", "sigmoid", "leaky_relu", "elu", "silu", "gelu")
-
-
-def activation_from_module(module: nn.Module) -> Activation | None:
-    """The :class:`Activation` an activation module computes, or None where it has no exact counterpart here."""
-    kind = type(module)
-    if kind is nn.Tanh:
-        return Activation("tanh")
-    if kind is nn.ReLU:
-        return Activation("relu")
-    if kind is nn.Sigmoid:
-        return Activation("sigmoid")
-    if kind is nn.SiLU:
-        return Activation("silu")
-    if kind is nn.GELU:
-        return Activation("gelu", approximate=module.approximate)  # type: ignore[arg-type]
-    if kind is nn.LeakyReLU and (not module.inplace or module.negative_slope > 0):  # type: ignore[operator]
-        # In place, autograd tests the output's sign instead of the input's: the same test for a slope > 0.
-        return Activation("leaky_relu", negative_slope=float(module.negative_slope))  # type: ignore[arg-type]
-    if kind is nn.ELU and not module.inplace:  # in place, autograd differentiates from the output
-        return Activation("elu", alpha=float(module.alpha))  # type: ignore[arg-type]
-    return None
-
-
 # ---------------------------------------------------------------------------------------------- the MLP
 
 
@@ -322,7 +221,7 @@ class FlatMLPCritic:
         return _Workspace(
             batch_size=rows,
             # autograd's mean backward divides by B in the working dtype; the square's backward doubles.
-            grad_scale=2 * (th.ones((), dtype=self.dtype, device=self.device) / rows),
+            grad_scale=2 * mean_scale(rows, self.params),
             hidden=[
                 (self.biases[i], self.weights[i].t(), h[i], self.activations[i].forward_fn(self.device), a[i])
                 for i in range(len(self.activations))
@@ -464,18 +363,6 @@ class FlatAdam:
 # ---------------------------------------------------------------------------------------------- the fit
 
 
-@dataclass
-class CriticFitResult:
-    """What a critic fit did: the loss of every applied step, and how many steps it skipped."""
-
-    losses: list[float] = field(default_factory=list)  # ℓ of each applied step, before the step
-    n_skipped_steps: int = 0  # minibatches whose loss was not finite (or that were empty): no step taken
-
-    @property
-    def n_steps(self) -> int:
-        return len(self.losses)
-
-
 def fit_value_function(
     critic: FlatMLPCritic, optimizer: FlatAdam, minibatches: Iterable[tuple[Tensor, Tensor]]
 ) -> CriticFitResult:
@@ -497,6 +384,7 @@ def fit_value_function(
                 result.n_skipped_steps += 1
                 continue
             backward(x)
+            sum_across(grad)  # the reduction point: the other processes' minibatches, if any
             step_(grad)
             result.losses.append(loss)
     return result
@@ -512,91 +400,38 @@ def all_finite(*tensors: Tensor) -> bool:
 _ADAM_STATE_KEYS = {"step", "exp_avg", "exp_avg_sq"}
 
 
-def has_module_hooks(modules: Iterable[nn.Module]) -> bool:
-    """Whether a module hook could change what these modules compute or what their backward passes produce."""
-    hooks = th.nn.modules.module
-    if any(
-        (
-            hooks._global_forward_hooks,
-            hooks._global_forward_pre_hooks,
-            hooks._global_backward_hooks,
-            hooks._global_backward_pre_hooks,
-        )
-    ):
-        return True
-    return any(
-        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-        for module in modules
-        for m in module.modules()
-    )
+def critic_unsupported(spec: MLPSpec | str, optimizer: th.optim.Optimizer) -> str | None:
+    """Why :class:`FlatCritic` cannot fit the critic of ``spec`` with ``optimizer`` as it steps, or None.
 
-
-def is_plain_flatten_extractor(extractor: nn.Module) -> bool:
-    """Whether ``extractor`` is SB3's parameter-free ``FlattenExtractor`` (``flatten(start_dim=1)``), exactly."""
-    from stable_baselines3.common.torch_layers import FlattenExtractor
-
-    flatten = getattr(extractor, "flatten", None)
-    return (
-        type(extractor) is FlattenExtractor
-        and type(flatten) is nn.Flatten
-        and (flatten.start_dim, flatten.end_dim) == (1, -1)
-        and not any(True for _ in extractor.parameters())
-    )
-
-
-def _sb3_critic(policy: nn.Module) -> tuple[list[nn.Linear], list[Activation]] | str:
-    """The linear layers and activations of SB3's standard value path, or why ``policy`` does not have it."""
-    # Imported here: the core above stays free of Stable-Baselines3.
-    from gymnasium import spaces
-    from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
-    from stable_baselines3.common.torch_layers import MlpExtractor
-
-    if not isinstance(policy, ActorCriticPolicy):
-        return f"the policy is a {type(policy).__name__}, not an ActorCriticPolicy"
-    if type(policy).predict_values is not ActorCriticPolicy.predict_values:
-        return f"{type(policy).__name__} overrides predict_values"
-    if getattr(super(ActorCriticPolicy, policy).extract_features, "__func__", None) is not BaseModel.extract_features:
-        return "the value path's extract_features is not BaseModel's"
-    if not isinstance(policy.observation_space, spaces.Box):
-        return f"the observation space is a {type(policy.observation_space).__name__}, not a Box"
-    extractor = policy.vf_features_extractor
-    if not is_plain_flatten_extractor(extractor):
-        return f"the value features extractor is a {type(extractor).__name__}, not a parameter-free FlattenExtractor"
-    mlp_extractor = policy.mlp_extractor
-    if not isinstance(mlp_extractor, MlpExtractor) or type(mlp_extractor).forward_critic is not MlpExtractor.forward_critic:
-        return f"the mlp_extractor is a {type(mlp_extractor).__name__} with its own critic path"
-    hidden = mlp_extractor.value_net
-    if type(hidden) is not nn.Sequential:
-        return "mlp_extractor.value_net is not an nn.Sequential"
-    modules = list(hidden)
-    linears = [m for m in modules[0::2] if type(m) is nn.Linear and m.bias is not None]
-    activations = [activation_from_module(m) for m in modules[1::2]]
-    if len(modules) % 2 or len(linears) != len(modules) // 2 or any(a is None for a in activations):
-        return "mlp_extractor.value_net is not a sequence of (nn.Linear with bias, supported activation) pairs"
-    value_net = policy.value_net
-    if type(value_net) is not nn.Linear or value_net.out_features != 1 or value_net.bias is None:
-        return "policy.value_net is not an nn.Linear(…, 1) with bias"
-    if has_module_hooks([extractor, hidden, value_net]):
-        return "the value path has module hooks"
-    return [*linears, value_net], [a for a in activations if a is not None]
-
-
-def _critic_params(linears: Sequence[nn.Linear]) -> list[nn.Parameter]:
-    return [p for linear in linears for p in (linear.weight, linear.bias)]  # type: ignore[misc]
+    Supported: the critic of an :class:`~sb3_trpo.accel.spec.MLPSpec` whose parameters all require a
+    gradient, share a dtype and device, have no gradient hooks and are not shared with the rest of the
+    policy; a plain ``torch.optim.Adam`` (or ``AdamW``) without amsgrad, maximize, capturable,
+    differentiable or fused, the same settings for all the critic's parameters, no step hooks, and
+    Adam state (if any) at the same step for all of them.
+    """
+    if isinstance(spec, str):
+        return spec
+    params = spec.critic.parameters()
+    if not all(p.requires_grad for p in params):
+        return "some critic parameters do not require a gradient"
+    if len({(p.dtype, p.device) for p in params}) > 1 or not params[0].is_floating_point():
+        return "the critic's parameters do not share one floating dtype and device"
+    if any(p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None) for p in params):
+        return "some critic parameters have gradient hooks"
+    critic_ids = {id(p) for p in params}
+    if len(critic_ids) != len(params):
+        return "the critic uses a parameter twice"
+    for name, p in spec.policy.named_parameters(remove_duplicate=False):
+        if id(p) in critic_ids and not name.startswith(("mlp_extractor.value_net.", "value_net.")):
+            return f"the critic shares a parameter with the rest of the policy ({name})"
+    return _adam_unsupported(optimizer, params)
 
 
 def _adam_unsupported(optimizer: th.optim.Optimizer, params: Sequence[nn.Parameter]) -> str | None:
     """Why the Adam step of :class:`FlatAdam` would not be ``optimizer.step()`` for ``params``, or None."""
-    from torch.optim import optimizer as torch_optimizer
-
     if type(optimizer) not in (th.optim.Adam, th.optim.AdamW) or "step" in vars(optimizer):
         return f"the optimizer is a {type(optimizer).__name__} (or a wrapped step), not a plain torch.optim.Adam"
-    if (
-        optimizer._optimizer_step_pre_hooks
-        or optimizer._optimizer_step_post_hooks
-        or torch_optimizer._global_optimizer_pre_hooks
-        or torch_optimizer._global_optimizer_post_hooks
-    ):
+    if has_optimizer_hooks(optimizer):
         return "the optimizer has step hooks"
     group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
     groups = [group_of.get(id(p)) for p in params]
@@ -627,41 +462,11 @@ def _adam_unsupported(optimizer: th.optim.Optimizer, params: Sequence[nn.Paramet
     return None
 
 
-def _supported_critic(policy: nn.Module, optimizer: th.optim.Optimizer) -> tuple[list[nn.Linear], list[Activation]] | str:
-    """The critic's layers and activations if :func:`fast_critic_fit` can fit them with ``optimizer``, else why not."""
-    parsed = _sb3_critic(policy)
-    if isinstance(parsed, str):
-        return parsed
-    params = _critic_params(parsed[0])
-    if not all(p.requires_grad for p in params):
-        return "some critic parameters do not require a gradient"
-    if len({(p.dtype, p.device) for p in params}) > 1 or not params[0].is_floating_point():
-        return "the critic's parameters do not share one floating dtype and device"
-    if any(p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None) for p in params):
-        return "some critic parameters have gradient hooks"
-    critic_ids = {id(p) for p in params}
-    if len(critic_ids) != len(params):
-        return "the critic uses a parameter twice"
-    for name, p in policy.named_parameters(remove_duplicate=False):
-        if id(p) in critic_ids and not name.startswith(("mlp_extractor.value_net.", "value_net.")):
-            return f"the critic shares a parameter with the rest of the policy ({name})"
-    reason = _adam_unsupported(optimizer, params)
-    return parsed if reason is None else reason
-
-
 def fast_critic_fit_unsupported(policy: nn.Module, optimizer: th.optim.Optimizer) -> str | None:
-    """Why :func:`fast_critic_fit` cannot fit this policy's critic with this optimizer, or None if it can.
+    """:func:`critic_unsupported` of ``policy``'s spec."""
+    from sb3_trpo.accel.spec import recognise
 
-    Supported: an SB3 ``ActorCriticPolicy`` (``predict_values`` not overridden) on a ``Box`` observation
-    space whose value path is a parameter-free ``FlattenExtractor`` (shared or not), ``MlpExtractor``'s
-    ``value_net`` of ``(nn.Linear, activation)`` pairs (tanh, relu, sigmoid, leaky_relu, elu, silu, gelu)
-    and ``value_net = nn.Linear(…, 1)``, without hooks; parameters that all require a gradient, share a
-    dtype and device and no parameter with the rest of the policy; a plain ``torch.optim.Adam`` (or
-    ``AdamW``) without amsgrad, maximize, capturable, differentiable or fused, the same settings for all
-    the critic's parameters, and Adam state (if any) at the same step for all of them.
-    """
-    supported = _supported_critic(policy, optimizer)
-    return supported if isinstance(supported, str) else None
+    return critic_unsupported(recognise(policy), optimizer)
 
 
 def _scalar_dtype() -> th.dtype:
@@ -672,6 +477,19 @@ def _scalar_dtype() -> th.dtype:
 def fast_critic_fit(
     policy: nn.Module, optimizer: th.optim.Optimizer, minibatches: Iterable[tuple[Tensor, Tensor]]
 ) -> CriticFitResult | None:
+    """:func:`fit_flat_critic` of ``policy``'s spec; None (nothing done, nothing drawn) where it is unsupported."""
+    from sb3_trpo.accel.spec import recognise
+
+    spec = recognise(policy)
+    if critic_unsupported(spec, optimizer) is not None:
+        return None
+    assert isinstance(spec, MLPSpec)
+    return fit_flat_critic(spec, optimizer, minibatches)
+
+
+def fit_flat_critic(
+    spec: MLPSpec, optimizer: th.optim.Optimizer, minibatches: Iterable[tuple[Tensor, Tensor]]
+) -> CriticFitResult:
     """Fit an SB3 policy's critic as the autograd loop does, on flat buffers; None (nothing done) if unsupported.
 
     Equivalent, minibatch for minibatch, to::
@@ -691,22 +509,14 @@ def fast_critic_fit(
     the loss did not), the whole fit is dropped, the policy and optimizer are left as they were, and
     every minibatch is counted as skipped.
 
-    :param policy: an SB3 ``ActorCriticPolicy`` (see :func:`fast_critic_fit_unsupported`).
+    :param spec: SB3's MLP policy (see :func:`critic_unsupported`).
     :param optimizer: the optimizer of the autograd loop, normally ``policy.optimizer``.
-    :param minibatches: ``(observations, returns)`` pairs as the rollout buffer gives them, in order;
-        not iterated at all when the fit is unsupported (a lazy generator over ``rollout_buffer.get()``
-        then consumes no randomness).
-    :return: the losses of the applied steps and the number of skipped steps; None if unsupported.
+    :param minibatches: ``(observations, returns)`` pairs as the rollout buffer gives them, in order.
+    :return: the losses of the applied steps and the number of skipped steps.
     """
-    supported = _supported_critic(policy, optimizer)
-    if isinstance(supported, str):
-        return None
-    from stable_baselines3.common.policies import ActorCriticPolicy
     from stable_baselines3.common.preprocessing import preprocess_obs
 
-    assert isinstance(policy, ActorCriticPolicy)
-    linears, activations = supported
-    params = _critic_params(linears)
+    policy, params = spec.policy, spec.critic.parameters()
     group = next(g for g in optimizer.param_groups if any(p is params[0] for p in g["params"]))
     hyperparameters = AdamHyperparameters(
         lr=float(group["lr"]),
@@ -718,7 +528,7 @@ def fast_critic_fit(
     states = [optimizer.state.get(p) or {} for p in params]
     step = int(float(states[0]["step"])) if states[0] else 0
 
-    critic = FlatMLPCritic([(linear.weight, linear.bias) for linear in linears], activations)
+    critic = FlatMLPCritic([(linear.weight, linear.bias) for linear in spec.critic.linears], spec.critic.activations)
     moments = None
     if step > 0:
         moments = [th.cat([state[key].detach().reshape(-1) for state in states]) for key in ("exp_avg", "exp_avg_sq")]
@@ -775,7 +585,6 @@ def rollout_minibatches(rollout_buffer: object, batch_size: int, n_epochs: int) 
     ``RolloutBuffer`` once ``get()`` has flattened it (TRPO's policy step does); any other buffer is read
     through ``get()`` itself.
     """
-    import numpy as np
     from stable_baselines3.common.buffers import RolloutBuffer
 
     if type(rollout_buffer) is not RolloutBuffer or not rollout_buffer.generator_ready:
@@ -791,3 +600,30 @@ def rollout_minibatches(rollout_buffer: object, batch_size: int, n_epochs: int) 
         for start in range(0, n_samples, batch_size):
             batch = indices[start : start + batch_size]
             yield observations[batch], returns[batch]
+
+
+class FlatCritic(CriticBackend):
+    """The critic backend for SB3's MLP critic with Adam: :func:`fit_flat_critic` on the rollout's minibatches.
+
+    Where the optimizer's state no longer allows it (:func:`critic_unsupported`, checked before each fit,
+    e.g. Adam state restored from elsewhere), that fit runs on ``fallback``, the reference backend, with a
+    warning.
+    """
+
+    name = "flat"
+
+    def __init__(self, spec: MLPSpec, actor_params: list[nn.Parameter], fallback: CriticBackend) -> None:
+        self.spec, self.actor_params, self.fallback = spec, actor_params, fallback
+
+    def fit(self, rollout_buffer: object, batch_size: int, n_epochs: int) -> CriticFitResult:
+        optimizer = self.spec.policy.optimizer
+        reason = critic_unsupported(self.spec, optimizer)
+        if reason is not None:
+            import warnings
+
+            warnings.warn(f"the flat critic fit cannot run this time ({reason}); fitting with torch", stacklevel=2)
+            return self.fallback.fit(rollout_buffer, batch_size, n_epochs)  # type: ignore[arg-type]
+        result = fit_flat_critic(self.spec, optimizer, rollout_minibatches(rollout_buffer, batch_size, n_epochs))
+        for param in self.actor_params:  # as the reference loop leaves them, whatever the optimizer
+            param.grad = None
+        return result

@@ -26,66 +26,45 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch as th
 import torch.nn.functional as F
 from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution, Distribution
-from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 
-from sb3_trpo.common.analytic_fisher import categorical_metric_product
-from sb3_trpo.common.critic import Activation, activation_from_module, weight_gradient
+from sb3_trpo.accel.activations import Activation
+from sb3_trpo.accel.critic import weight_gradient
+from sb3_trpo.accel.spec import CATEGORICAL, GAUSSIAN, MLP, MLPSpec, recognise
+from sb3_trpo.common.analytic_fisher import action_reduced_fisher, categorical_metric_product
+from sb3_trpo.common.backends import ActorBackend
 from sb3_trpo.common.natural_gradient import MatrixVectorProduct
+from sb3_trpo.common.policy_step import ActorProblem, PolicyEvaluation, PolicyObjective
 from sb3_trpo.common.reduction import mean_weights
-from sb3_trpo.common.rollout import mlp_actor_critic_unsupported
 
 Tensor = th.Tensor
+HiddenLayers = Sequence[tuple[nn.Linear, Activation]]
 
 
-@dataclass(frozen=True)
-class HiddenLayer:
-    """A hidden layer ``a = φ(h)``, ``h = a_prev Wᵀ + b``: the linear module, and ``φ`` with its derivative."""
-
-    linear: nn.Linear
-    spec: Activation  # the critic fit's description of φ, whose backward op gives φ'
-
-    def derivative(self, pre_activation: Tensor, activation: Tensor) -> Tensor:
-        """``φ'(h)``: the activation's own backward op applied to ones."""
-        saved = activation if self.spec.backward_uses_output else pre_activation
-        out = th.empty_like(pre_activation)
-        self.spec.backward_fn()(th.ones_like(pre_activation), saved, out)
-        return out
-
-
-def mlp_forward(
-    hidden: Sequence[HiddenLayer], output: nn.Linear, x: Tensor, derivatives: bool = True
-) -> tuple[list[Tensor], list[Tensor], Tensor]:
+def mlp_forward(mlp: MLP, x: Tensor, derivatives: bool = True) -> tuple[list[Tensor], list[Tensor], Tensor]:
     """One forward pass without autograd: the layer inputs ``a_0 = x … a_{L−1}``, ``φ'(h_l)`` and ``η``.
 
-    The same kernels as the modules (``linear``, the activation's ``torch.nn.functional`` op; tanh on the
-    CPU is NumPy's, see :meth:`~sb3_trpo.common.critic.Activation.forward_fn`). With
+    The same kernels as the modules (``linear``, the activation's kernel of the one table). With
     ``derivatives=False`` the list of ``φ'(h_l)`` is empty.
     """
     inputs: list[Tensor] = [x]
     slopes: list[Tensor] = []
     with th.no_grad():
-        for layer in hidden:
-            pre_activation = F.linear(inputs[-1], layer.linear.weight, layer.linear.bias)
-            activation = th.empty_like(pre_activation)
-            layer.spec.forward_fn(x.device)(pre_activation, activation)
+        for linear, activation in mlp.hidden:
+            pre_activation = F.linear(inputs[-1], linear.weight, linear.bias)
+            out = th.empty_like(pre_activation)
+            activation.forward_fn(x.device)(pre_activation, out)
             if derivatives:
-                slopes.append(layer.derivative(pre_activation, activation))
-            inputs.append(activation)
-        eta = F.linear(inputs[-1], output.weight, output.bias)
+                slopes.append(activation.derivative(pre_activation, out))
+            inputs.append(out)
+        eta = F.linear(inputs[-1], mlp.output.weight, mlp.output.bias)
     return inputs, slopes, eta
-
-
-def mlp_outputs(hidden: Sequence[HiddenLayer], output: nn.Linear, x: Tensor) -> Tensor:
-    """``η = output(φ(… φ(x W_1ᵀ + b_1) …))`` at the current parameters, without autograd."""
-    return mlp_forward(hidden, output, x, derivatives=False)[2]
 
 
 class MLPJacobian:
@@ -96,24 +75,16 @@ class MLPJacobian:
     order; each must be a weight or bias of the layers, or ``log_std`` (which ``η`` does not depend on:
     its block of ``J`` is zero, and the callers add what it contributes).
 
-    :param hidden: the hidden layers, input side first
-    :param output: the linear layer that gives ``η`` (the mean, or the logits)
+    :param mlp: the network; its output layer gives ``η`` (the mean, or the logits)
     :param x: the inputs (features), ``(N, n_0)``
     :param params: ``θ``
     :param log_std: SB3's state-independent log-std of a Gaussian, if it is among ``params``
     """
 
-    def __init__(
-        self,
-        hidden: Sequence[HiddenLayer],
-        output: nn.Linear,
-        x: Tensor,
-        params: Sequence[Tensor],
-        log_std: Tensor | None = None,
-    ) -> None:
-        self.linears = [layer.linear for layer in hidden] + [output]
+    def __init__(self, mlp: MLP, x: Tensor, params: Sequence[Tensor], log_std: Tensor | None = None) -> None:
+        self.linears = mlp.linears
         self.layer_weights = [linear.weight.detach().clone() for linear in self.linears]
-        self.inputs, self.derivatives, self.eta = mlp_forward(hidden, output, x)
+        self.inputs, self.derivatives, self.eta = mlp_forward(mlp, x)
         # Where each layer's weight and bias (and the log-std) sit among ``params``, or None if they are not there.
         slot = {id(p): i for i, p in enumerate(params)}
         self.layer_slots = [
@@ -238,31 +209,26 @@ def _categorical_metric(eta: Tensor) -> Callable[[Tensor], Tensor]:
     return lambda z: categorical_metric_product(probs, z)
 
 
-def mlp_actor_unsupported(policy: nn.Module, params: Sequence[Tensor]) -> str | None:
-    """Why :func:`policy_mlp_fisher_vector_product` cannot compute ``policy``'s products for ``params``, or None."""
-    if not isinstance(policy, ActorCriticPolicy):
-        return f"the policy is a {type(policy).__name__}, not an ActorCriticPolicy"
-    if type(policy).get_distribution is not ActorCriticPolicy.get_distribution:
-        return f"{type(policy).__name__} overrides get_distribution"
-    reason = mlp_actor_critic_unsupported(policy)
-    if reason is not None:
-        return reason
-    actor = _actor_params(policy)
-    if {id(p) for p in params} - {id(p) for p in actor}:
+def actor_unsupported(spec: MLPSpec | str, params: Sequence[Tensor] = ()) -> str | None:
+    """Why :class:`PolicyMLPActor` cannot compute the products of ``spec``'s actor for ``params``, or None."""
+    if isinstance(spec, str):
+        return spec
+    if spec.distribution not in (GAUSSIAN, CATEGORICAL):
+        return f"the action distribution is a {spec.distribution}, not a diagonal Gaussian or categorical"
+    if {id(p) for p in params} - {id(p) for p in spec.actor_parameters()}:
         return "some parameters of the policy step are not the MLP actor's"
     return None
 
 
-def _actor_params(policy: ActorCriticPolicy) -> list[Tensor]:
-    modules = [*policy.mlp_extractor.policy_net, policy.action_net]
-    params = [p for module in modules for p in module.parameters()]
-    return [*params, policy.log_std] if isinstance(policy.action_dist, DiagGaussianDistribution) else params
+def mlp_actor_unsupported(policy: nn.Module, params: Sequence[Tensor]) -> str | None:
+    """:func:`actor_unsupported` of ``policy``'s spec."""
+    return actor_unsupported(recognise(policy), params)
 
 
-def trainable_actor_params(policy: ActorCriticPolicy) -> list[Tensor]:
+def trainable_actor_params(spec: MLPSpec) -> list[nn.Parameter]:
     """The MLP actor's parameters that require a gradient, in ``policy.parameters()``'s order."""
-    actor = {id(p) for p in _actor_params(policy)}
-    return [p for p in policy.parameters() if p.requires_grad and id(p) in actor]
+    actor = {id(p) for p in spec.actor_parameters()}
+    return [p for p in spec.policy.parameters() if p.requires_grad and id(p) in actor]
 
 
 class PolicyMLPActor:
@@ -271,34 +237,24 @@ class PolicyMLPActor:
     ``η`` (the Gaussian's mean or the logits) comes from one forward pass; the distributions are SB3's
     own, built from ``η`` as ``ActorCriticPolicy.get_distribution`` builds them. The policy gradient of
     an objective ``L(π)`` is ``Jᵀ ∂L/∂η`` (plus ``∂L/∂log σ``), with autograd only on the small graph
-    from ``η`` to ``L``. Build it with :meth:`from_policy`, which says None where
-    :func:`mlp_actor_unsupported` gives a reason.
+    from ``η`` to ``L``.
 
-    :param policy: an SB3 MLP ``ActorCriticPolicy`` with a diagonal Gaussian or categorical distribution
+    :param spec: SB3's MLP policy with a diagonal Gaussian or categorical distribution (see :func:`actor_unsupported`)
     :param observations: the batch, as the rollout buffer gives it
     :param params: ``θ``, the flat vectors' order (the actor's parameters, or some of them)
     :param mask: the states that count in the means over the batch (None: all)
     """
 
-    def __init__(
-        self, policy: ActorCriticPolicy, observations: PyTorchObs, params: Sequence[Tensor], mask: Tensor | None = None
-    ) -> None:
-        self.policy, self.params, self.mask = policy, list(params), mask
-        sequential = list(policy.mlp_extractor.policy_net)
-        self.hidden = [
-            HiddenLayer(linear, activation_from_module(activation))  # type: ignore[arg-type]
-            for linear, activation in zip(sequential[0::2], sequential[1::2], strict=True)
-        ]
+    def __init__(self, spec: MLPSpec, observations: PyTorchObs, params: Sequence[Tensor], mask: Tensor | None = None) -> None:
+        self.spec, self.policy, self.params, self.mask = spec, spec.policy, list(params), mask
         with th.no_grad():
-            inputs = preprocess_obs(observations, policy.observation_space, policy.normalize_images)
+            features = preprocess_obs(observations, self.policy.observation_space, self.policy.normalize_images)
+            assert isinstance(features, Tensor)
             # SB3's preprocessing casts to float32; the layers may be float64 (the tests' exact checks).
-            self.features = policy.pi_features_extractor(inputs).to(policy.action_net.weight.dtype)
-        assert isinstance(policy.action_net, nn.Linear)
-        self.output = policy.action_net
-        self.gaussian = isinstance(policy.action_dist, DiagGaussianDistribution)
-        log_std = policy.log_std if self.gaussian else None
-        self.jacobian = MLPJacobian(self.hidden, self.output, self.features, self.params, log_std)
-        self.std_old = None if log_std is None else log_std.detach().exp()  # σ at θ_old, for the Fisher
+            self.features = features.flatten(1).to(spec.actor.output.weight.dtype)
+        self.gaussian = spec.distribution == GAUSSIAN
+        self.jacobian = MLPJacobian(spec.actor, self.features, self.params, spec.log_std)
+        self.std_old = None if spec.log_std is None else spec.log_std.detach().exp()  # σ at θ_old, for the Fisher
 
     @classmethod
     def from_policy(
@@ -309,12 +265,12 @@ class PolicyMLPActor:
         mask: Tensor | None = None,
     ) -> PolicyMLPActor | None:
         """The actor of ``policy`` on ``observations`` for ``params`` (default: :func:`trainable_actor_params`), or None."""
-        # No parameters to check against yet: the default is the actor's own, a subset by construction.
-        if mlp_actor_unsupported(policy, () if params is None else params) is not None:
+        spec = recognise(policy)
+        if actor_unsupported(spec, () if params is None else params) is not None:
             return None
-        assert isinstance(policy, ActorCriticPolicy)
-        params = trainable_actor_params(policy) if params is None else params
-        return cls(policy, observations, params, mask) if params else None
+        assert isinstance(spec, MLPSpec)
+        params = trainable_actor_params(spec) if params is None else params
+        return cls(spec, observations, params, mask) if params else None
 
     def subset(self, index: Tensor) -> PolicyMLPActor:
         """The same actor (still linearised at ``θ_old``) on the states at ``index``."""
@@ -331,14 +287,14 @@ class PolicyMLPActor:
 
     def outputs(self) -> Tensor:
         """``η`` at the parameters the policy has now (no autograd)."""
-        return mlp_outputs(self.hidden, self.output, self.features)
+        return mlp_forward(self.spec.actor, self.features, derivatives=False)[2]
 
     def distribution(self, outputs: Tensor) -> Distribution:
         """SB3's action distribution with parameters ``outputs`` (and the current log-std): a new object."""
         action_dist = self.policy.action_dist
         if self.gaussian:
             assert isinstance(action_dist, DiagGaussianDistribution)
-            action_dist.proba_distribution(outputs, self.policy.log_std)
+            action_dist.proba_distribution(outputs, self.spec.log_std)  # type: ignore[arg-type]
         else:
             assert isinstance(action_dist, CategoricalDistribution)
             action_dist.proba_distribution(outputs)
@@ -368,11 +324,51 @@ class PolicyMLPActor:
 def policy_mlp_fisher_vector_product(
     policy: nn.Module, observations: PyTorchObs, params: Sequence[Tensor], mask: Tensor | None = None
 ) -> MatrixVectorProduct | None:
-    """``v -> F v`` of SB3's MLP actor on ``observations`` (mean over the states), or None if not covered.
-
-    The same product as :func:`~sb3_trpo.common.analytic_fisher.analytic_fisher_vector_product` (and
-    the autograd one) for the Fisher of the mean KL of the joint action distribution, at the
-    parameters the policy has now.
-    """
+    """``v -> F v`` of SB3's MLP actor on ``observations`` (mean over the states), or None if not covered."""
     actor = PolicyMLPActor.from_policy(policy, observations, params, mask)
     return None if actor is None else actor.fisher_vector_product()
+
+
+# ---------------------------------------------------------------------------------------------- the backend
+
+
+class MLPActor(ActorBackend):
+    """The actor backend for SB3's MLP: one forward pass at ``θ_old`` serves the whole policy step.
+
+    The same quantities as :class:`~sb3_trpo.common.backends.TorchActor` (to float rounding,
+    ``tests/test_mlp_fisher.py``): ``g = Jᵀ ∂L/∂η`` and ``F v = Jᵀ M J v`` by hand, the distributions
+    SB3's own, built from ``η``; candidates of the line search by one plain forward pass.
+    """
+
+    name = "mlp"
+
+    def __init__(self, spec: MLPSpec) -> None:
+        self.spec, self.params = spec, trainable_actor_params(spec)
+
+    def problem(self, objective: PolicyObjective, fisher_sub_sampling_factor: int = 1) -> ActorProblem:
+        return MLPActorProblem(self, objective, fisher_sub_sampling_factor)
+
+
+class MLPActorProblem(ActorProblem):
+    """:class:`ActorProblem` of :class:`PolicyMLPActor`."""
+
+    def __init__(self, backend: MLPActor, objective: PolicyObjective, fisher_sub_sampling_factor: int) -> None:
+        batch = objective.batch
+        self.objective, self.params = objective, backend.params
+        self.actor = PolicyMLPActor(backend.spec, batch.observations, self.params, batch.mask)
+        self.old_distribution = self.actor.distribution(self.actor.outputs_old)
+        surrogate, self.gradient = self.actor.gradient(objective.surrogate)
+        self.before = PolicyEvaluation(surrogate.item())
+        fisher_actor = self.actor
+        if fisher_sub_sampling_factor > 1:
+            fisher_actor = self.actor.subset(th.arange(0, len(batch), fisher_sub_sampling_factor, device=batch.actions.device))
+        self._product = action_reduced_fisher(
+            fisher_actor.fisher_vector_product(), self.old_distribution, objective.kl_action_reduction
+        )
+
+    def fisher_vector_product(self, vector: Tensor) -> Tensor:
+        return self._product(vector)
+
+    def evaluate(self) -> PolicyEvaluation:
+        with th.no_grad():
+            return self.objective.evaluate(self.actor.distribution(self.actor.outputs()), self.old_distribution)
