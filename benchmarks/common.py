@@ -165,11 +165,25 @@ def replace_marked_block(path: Path, name: str, content: str) -> None:
     write_text(path, pattern.sub(lambda _: block, text))
 
 
-def commit_files(paths: Sequence[Path], message: str) -> None:
-    """``git add`` and commit exactly ``paths`` (whatever else is staged stays out of the commit)."""
+def commit_files(paths: Sequence[Path], message: str, attempts: int = 5) -> None:
+    """``git add`` and commit exactly ``paths`` (whatever else is staged stays out of the commit).
+
+    Someone else's git command may hold the repository's lock for a moment: retried, and a commit that
+    still fails only warns (the file is on disk; the next commit of the campaign can take it along).
+    """
+    import time
+    import warnings
+
     names, repository = [str(Path(path).resolve()) for path in paths], Path(paths[0]).resolve().parent
-    subprocess.run(["git", "add", "--", *names], cwd=repository, check=True, capture_output=True)
-    subprocess.run(["git", "commit", "-q", "-m", message, "--", *names], cwd=repository, check=True)
+    for attempt in range(attempts):
+        try:
+            subprocess.run(["git", "add", "--", *names], cwd=repository, check=True, capture_output=True)
+            subprocess.run(["git", "commit", "-q", "-m", message, "--", *names], cwd=repository, check=True)
+            return
+        except subprocess.CalledProcessError as error:
+            if attempt == attempts - 1:
+                warnings.warn(f"could not commit {names}: {error}", stacklevel=2)
+            time.sleep(2.0 * (attempt + 1))
 
 
 def finish_return_plot(figure: Any, axes: Any, title: str, path: Path) -> None:
