@@ -13,7 +13,6 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution
-from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import explained_variance
@@ -51,6 +50,8 @@ from sb3_trpo.common.natural_gradient import (
 from sb3_trpo.common.policy_step import ActorProblem, PolicyBatch, PolicyEvaluation, PolicyObjective, surrogate_objective
 from sb3_trpo.common.reduction import batch_mean, batch_std
 from sb3_trpo.common.validation import Rule, integer, is_number, number, one_of, require, validate
+from sb3_trpo.distributed import DISTRIBUTED_MODES
+from sb3_trpo.distributed.algorithm import DataParallelOnPolicyAlgorithm
 from sb3_trpo.trpo.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 
 SelfTRPO = TypeVar("SelfTRPO", bound="TRPO")
@@ -83,6 +84,7 @@ HYPERPARAMETERS: dict[str, Rule] = {
     "kl_action_reduction": one_of(KL_ACTION_REDUCTIONS),
     "actor_method": one_of(ACTOR_METHODS),
     "critic_method": one_of(CRITIC_METHODS),
+    "distributed": one_of(DISTRIBUTED_MODES),
 }
 """What each of TRPO's own hyperparameters accepts: checked at construction, named once."""
 
@@ -127,8 +129,29 @@ class PolicyUpdateStats:
     def actual_improvement(self) -> float:
         return self.measured.objective - self.before.objective
 
+    @classmethod
+    def of_line_search(
+        cls,
+        problem: ActorProblem,
+        result: LineSearchResult[PolicyEvaluation],
+        full_step: th.Tensor,
+        cg_iterations: int,
+        cg_residual: float,
+    ) -> PolicyUpdateStats:
+        """A line search's diagnostics: where it landed and what the linear model predicted."""
+        step = result.step_fraction * full_step
+        return cls(
+            before=problem.before,
+            after=result.evaluation if result.accepted else None,
+            expected_improvement=th.dot(problem.gradient, step).item() if result.accepted else 0.0,
+            line_search_backtracks=result.n_backtracks,
+            cg_iterations=cg_iterations,
+            cg_residual=cg_residual,
+            step_size=th.linalg.vector_norm(step).item() if result.accepted else 0.0,
+        )
 
-class TRPO(OnPolicyAlgorithm):
+
+class TRPO(DataParallelOnPolicyAlgorithm):
     """
     Trust Region Policy Optimization (TRPO), a drop-in replacement for ``sb3_contrib.TRPO``.
 
@@ -214,15 +237,24 @@ class TRPO(OnPolicyAlgorithm):
         the policy's optimizer; or ``"auto"`` (default), ``"flat"`` where covered. Both take the same
         steps (to float rounding).
 
-    The backends are chosen when the policy is built or replaced (``load``, ``set_parameters``, a new
-    policy object), never during an update: ``model.backends`` says which, and with ``verbose >= 1``
-    the choice is printed with the reason each accelerator was not used.
+    :param distributed: Training on several processes (``sb3_trpo.distributed``): ``"auto"`` (default),
+        data-parallel when the script runs under ``torchrun`` with more than one process and on this
+        process alone otherwise; ``"sync"``, data-parallel (the process group must be reachable); ``"off"``,
+        this process alone. Data-parallel, each rank collects ``n_steps × n_envs`` with its own
+        environments (seeded ``seed + rank · n_envs``), every rank runs the single-process update on the
+        union of the ranks' rollouts, ``num_timesteps`` and ``total_timesteps`` count every rank's steps,
+        and rank 0 logs and saves (``docs/guide/distributed.rst``).
+
     :param kl_action_reduction: How the KL of one state adds up over independent action dimensions
         (diagonal Gaussian and Bernoulli actions): ``"sum"`` (default), the KL of the joint action
         distribution, as in the paper; or ``"mean"``, averaged over the dimensions, as
         ``sb3_contrib.TRPO`` does. At the same ``target_kl``, ``"mean"`` lets a ``d``-dimensional
         policy move about ``d`` times as far in joint KL; use it to reproduce sb3-contrib's runs
         and rl-zoo's MuJoCo settings, which were tuned with it. Discrete actions are not affected.
+
+    The backends are chosen when the policy is built or replaced (``load``, ``set_parameters``, a new
+    policy object), never during an update: ``model.backends`` says which, and with ``verbose >= 1``
+    the choice is printed with the reason each accelerator was not used.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -267,6 +299,7 @@ class TRPO(OnPolicyAlgorithm):
         kl_action_reduction: str = "sum",
         actor_method: str = "auto",
         critic_method: str = "auto",
+        distributed: str = "auto",
     ):
         validate(HYPERPARAMETERS, locals())
         super().__init__(
@@ -291,6 +324,7 @@ class TRPO(OnPolicyAlgorithm):
             seed=seed,
             _init_setup_model=False,
             supported_action_spaces=None,  # checked below, with a ValueError
+            distributed=distributed,
         )
         if self.env is not None:
             self._check_env(normalize_advantage, batch_size)
@@ -449,8 +483,10 @@ class TRPO(OnPolicyAlgorithm):
     def collect_rollouts(
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
     ) -> bool:
-        """SB3's ``collect_rollouts``, run by the rollout backend."""
-        return self.backends.rollout.collect(self, env, callback, rollout_buffer, n_rollout_steps)
+        """SB3's ``collect_rollouts``, run by the rollout backend; data-parallel, the ranks then exchange their rollouts."""
+        start = self.num_timesteps
+        completed = self.backends.rollout.collect(self, env, callback, rollout_buffer, n_rollout_steps)
+        return self._exchange_rollouts(rollout_buffer, self.num_timesteps - start, completed)
 
     def train(self) -> None:
         """One TRPO update on the rollout buffer: policy step in the trust region, then the critic fit."""
@@ -460,10 +496,11 @@ class TRPO(OnPolicyAlgorithm):
         critic = self._fit_critic()
         self._n_updates += 1
         self._log_update(stats, critic)
+        self._check_lockstep()
 
     def _policy_batch(self) -> PolicyBatch:
         """The whole rollout as one batch, every ``sub_sampling_factor``-th item, advantages normalised."""
-        batch = self._rollout_batch(next(iter(self.rollout_buffer.get(batch_size=None))))
+        batch = self._rollout_batch(next(iter(self._train_buffer.get(batch_size=None))))
         return self._normalize_advantages(batch.every(self.sub_sampling_factor))
 
     def _rollout_batch(self, data: Any) -> PolicyBatch:
@@ -521,7 +558,7 @@ class TRPO(OnPolicyAlgorithm):
             self.line_search_shrinking_factor,
             self.line_search_max_iter,
         )
-        return self._step_stats(problem, result, full_step, cg.iterations, cg.residual_norm)
+        return PolicyUpdateStats.of_line_search(problem, result, full_step, cg.iterations, cg.residual_norm)
 
     def _step_length(self, curvature: float) -> float:
         """TRPO's step length: ``sqrt(2δ / xᵀ(F + λI)x)``, the boundary of the damped quadratic trust region."""
@@ -533,26 +570,6 @@ class TRPO(OnPolicyAlgorithm):
             candidate.is_finite()
             and candidate.objective > before.objective
             and candidate.kl(self.kl_constraint) <= self.target_kl
-        )
-
-    @staticmethod
-    def _step_stats(
-        problem: ActorProblem,
-        result: LineSearchResult[PolicyEvaluation],
-        full_step: th.Tensor,
-        cg_iterations: int,
-        cg_residual: float,
-    ) -> PolicyUpdateStats:
-        """Diagnostics of a line search: where it landed and what the linear model predicted."""
-        step = result.step_fraction * full_step
-        return PolicyUpdateStats(
-            before=problem.before,
-            after=result.evaluation if result.accepted else None,
-            expected_improvement=th.dot(problem.gradient, step).item() if result.accepted else 0.0,
-            line_search_backtracks=result.n_backtracks,
-            cg_iterations=cg_iterations,
-            cg_residual=cg_residual,
-            step_size=th.linalg.vector_norm(step).item() if result.accepted else 0.0,
         )
 
     def _skip_policy_update(self, reason: str, problem: ActorProblem) -> PolicyUpdateStats:
@@ -568,7 +585,8 @@ class TRPO(OnPolicyAlgorithm):
 
     def _fit_critic(self) -> CriticFitResult:
         """Regress the value function on the GAE returns with the critic backend; the actor never moves."""
-        if not np.isfinite(self.rollout_buffer.returns).all():
+        buffer = self._train_buffer
+        if not np.isfinite(buffer.returns).all():
             self.n_skipped_critic_steps += 1
             warnings.warn(
                 f"{type(self).__name__}: critic fit {self._n_updates} skipped, non-finite returns.",
@@ -576,7 +594,7 @@ class TRPO(OnPolicyAlgorithm):
                 stacklevel=3,
             )
             return CriticFitResult()
-        result = self.backends.critic.fit(self.rollout_buffer, self.batch_size, self.n_critic_updates)
+        result = self.backends.critic.fit(buffer, self.batch_size, self.n_critic_updates)
         self.n_skipped_critic_steps += result.n_skipped_steps
         return result
 
@@ -601,7 +619,7 @@ class TRPO(OnPolicyAlgorithm):
         record("train/skipped_critic_steps", self.n_skipped_critic_steps)
         if critic.losses:
             record("train/value_loss", float(np.mean(critic.losses)))
-        values, returns = self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()
+        values, returns = self._train_buffer.values.flatten(), self._train_buffer.returns.flatten()
         record("train/explained_variance", explained_variance(values, returns))
         if hasattr(self.policy, "log_std"):
             record("train/std", th.exp(self.policy.log_std).mean().item())

@@ -6,6 +6,7 @@ import copy
 import math
 from typing import Any, ClassVar
 
+import numpy as np
 import torch as th
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv
@@ -139,9 +140,12 @@ class TRPOPenalty(TRPO):
         if not th.isfinite(batch.advantages).all():
             return self._skip_policy_update("non-finite advantages", problem)
         n_samples = len(batch)  # states; whole sequences in a recurrent batch
+        # The minibatch order comes from NumPy's global stream, as the critic's does (the same on every rank).
         minibatches = [
             permutation[start : start + self.policy_batch_size]
-            for permutation in (th.randperm(n_samples, device=self.device) for _ in range(self.n_epochs))
+            for permutation in (
+                th.as_tensor(np.random.permutation(n_samples), device=self.device) for _ in range(self.n_epochs)
+            )
             for start in range(0, n_samples, self.policy_batch_size)
         ]
         with th.no_grad():  # π_θold on every minibatch, before the first step moves θ
@@ -163,6 +167,9 @@ class TRPOPenalty(TRPO):
             self.policy_adam.step()
         self.policy_adam.zero_grad()
         return PolicyUpdateStats(problem.before, after=problem.evaluate())
+
+    def _synchronized_attributes(self) -> list[str]:
+        return [*super()._synchronized_attributes(), "beta"]
 
     def _log_update(self, stats: PolicyUpdateStats, critic: CriticFitResult) -> None:
         super()._log_update(stats, critic)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from rl_zoo3 import cli
 
+from sb3_trpo.distributed import launched_by_torchrun
 from sb3_trpo.zoo import REGISTERED
 
 COMMANDS = ("train", "enjoy", "plot_train", "all_plots", "plot_from_file")
@@ -74,6 +76,20 @@ def with_default_storage(train_args: list[str]) -> list[str]:
     return [*train_args, *defaults]
 
 
+def for_this_rank(train_args: list[str]) -> list[str]:
+    """``train``'s arguments on this process: under ``torchrun``, ranks other than 0 write nothing that lasts.
+
+    Every rank trains (each collects its own rollouts: ``TRPO(distributed="auto")``), rank 0 writes the
+    logs, evaluations, checkpoints and the final model. The other ranks evaluate and checkpoint nothing and
+    keep rl_zoo3's files in a scratch folder of their own (the last values on the line win).
+    """
+    rank = int(os.environ.get("RANK", "0"))
+    if not launched_by_torchrun() or rank == 0:
+        return train_args
+    scratch = tempfile.mkdtemp(prefix=f"sb3_trpo_zoo_rank{rank}_")
+    return [*train_args, "-f", scratch, "--eval-freq", "-1", "--save-freq", "-1", "--verbose", "0", "--tensorboard-log", ""]
+
+
 def _program_name() -> str:
     if os.path.basename(sys.argv[0]) == "__main__.py":
         return "python -m sb3_trpo.zoo"
@@ -94,7 +110,7 @@ def main() -> None:
         sys.exit(0 if asked else 2)
     command = sys.argv[1]
     if command == "train":
-        sys.argv[2:] = with_default_storage(with_default_hyperparams(sys.argv[2:]))
+        sys.argv[2:] = for_this_rank(with_default_storage(with_default_hyperparams(sys.argv[2:])))
     # argparse names the program after sys.argv[0]: "sb3-trpo-zoo train: error: ..."
     sys.argv[0] = f"{program} {command}"
     cli.main()

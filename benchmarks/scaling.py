@@ -1,0 +1,221 @@
+"""Data-parallel scaling: steps/s of our TRPO on 1 process and on N processes (torchrun), the same global batch.
+
+For each task, with its zoo settings (``hyperparams.py``), one process with the entry's ``n_envs``
+environments runs beside ``N`` processes with ``n_envs / N`` each (so the batch of an update is the same),
+alternating, ``--repeats`` times, one torch thread per process. Per run: ``learn()`` wall time, steps/s,
+and for the N-process runs the number of collectives per update and the time spent in them (rank 0's,
+waiting for the other ranks included). ``--report-only`` rebuilds the report from ``results/scaling.json``.
+
+The report then extrapolates, from these measured figures, to 8–256 processes for the two designs of
+``docs/guide/distributed.rst``: gathering the batch once per update (what ``TRPO(distributed=...)``
+does) and all-reducing every mean of the update.
+
+    python benchmarks/scaling.py --envs HalfCheetah-v5 CartPole-v1 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import (
+    DEFAULT_RESULTS_DIR,
+    format_number,
+    git_commit,
+    replace_marked_block,
+    set_single_thread,
+    source_fingerprint,
+    versions,
+    write_json,
+    write_text,
+)
+
+TABLE_MARKER = "scaling-table"
+DEFAULT_STEPS = 20_480
+
+
+def worker(env_id: str, steps: int, n_envs: int, out: Path) -> None:
+    """One rank (or the single process): train, write the figures as JSON (rank 0 only)."""
+    set_single_thread()
+    from hyperparams import ALGORITHMS, make_env, run_settings
+
+    settings = run_settings("sb3_trpo", env_id)  # the zoo entry, with this rank's share of its environments
+    env = make_env(env_id, n_envs, seed=0, normalize=settings.normalize)
+    model = ALGORITHMS["sb3_trpo"].load_class()(settings.policy, env, seed=0, device="cpu", **settings.algo_kwargs)
+    start = time.perf_counter()
+    model.learn(steps)
+    seconds = time.perf_counter() - start
+    parallel = model._data_parallel
+    if parallel is None or parallel.is_main:
+        figures = {"learn_s": seconds, "steps": model.num_timesteps, "updates": model._n_updates}
+        if parallel is not None:
+            figures |= {"collectives": parallel.communicator.n_collectives, "collective_s": parallel.communicator.seconds}
+        out.write_text(json.dumps(figures))
+
+
+def run(env_id: str, steps: int, processes: int, n_envs: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "result.json"
+        arguments = ["--worker", env_id, str(steps), str(n_envs), str(out)]
+        if processes == 1:
+            command = [sys.executable, __file__, *arguments]
+        else:
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc-per-node={processes}",
+                __file__,
+            ]
+            command += arguments
+        subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+        return json.loads(out.read_text())
+
+
+def measure(envs: list[str], processes: int, steps: int, repeats: int) -> dict[str, Any]:
+    from hyperparams import run_settings
+
+    results: dict[str, Any] = {}
+    for env_id in envs:
+        n_envs = run_settings("sb3_trpo", env_id).n_envs
+        if n_envs % processes:
+            raise SystemExit(f"{env_id}: n_envs={n_envs} does not split over {processes} processes")
+        runs: dict[str, list[dict[str, Any]]] = {"1": [], str(processes): []}
+        for repeat in range(repeats):
+            for count in (1, processes):
+                figures = run(env_id, steps, count, n_envs // count)
+                runs[str(count)].append(figures)
+                print(f"{env_id} repeat {repeat}, {count} process(es): {figures}", flush=True)
+        results[env_id] = {"n_envs": n_envs, "runs": runs}
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def predicted_speedups(single: dict[str, float], parallel: dict[str, float], processes: int) -> dict[str, list[float]]:
+    """Speed-ups at 8–256 processes, from the measured split of one process's time and the measured collective cost.
+
+    One process spends ``R`` collecting and ``U`` updating per update. Gathering: ``R/N + U + c·log₂N``
+    (``U`` stays: every rank computes the whole update; one gather whose cost ``c`` per doubling is measured).
+    All-reducing: ``R/N + U/N + k·c·log₂N`` with ``k`` the collectives of one update (gradient, ~25
+    Fisher-vector products, the line search, and one per critic minibatch).
+    """
+    rollout, update = single["rollout_s"], single["update_s"]
+    per_doubling = parallel["collective_s"] / max(np.log2(processes), 1.0)
+    collectives_all_reduce = single["collectives_all_reduce"]
+    counts = [1, 2, 8, 32, 128, 256]
+    gather = [(rollout + update) / (rollout / n + update + per_doubling * np.log2(n)) for n in counts]
+    reduce = [
+        (rollout + update) / (rollout / n + update / n + collectives_all_reduce * per_doubling * np.log2(n)) for n in counts
+    ]
+    return {"processes": counts, "gather": gather, "all_reduce": reduce}
+
+
+def report(results: dict[str, Any], processes: int) -> str:
+    lines = [
+        f"| Task | 1 process: steps/s | {processes} processes: steps/s | speed-up (median [min, max]) "
+        "| collectives per update | time in collectives per update (ms) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    predictions = []
+    for env_id, result in results.items():
+        single, parallel = result["runs"]["1"], result["runs"][str(processes)]
+        rate = [run["steps"] / run["learn_s"] for run in single]
+        rate_n = [run["steps"] / run["learn_s"] for run in parallel]
+        speedups = [b / a for a, b in zip(rate, rate_n, strict=True)]
+        collectives = np.median([run["collectives"] / run["updates"] for run in parallel])
+        collective_ms = np.median([1000 * run["collective_s"] / run["updates"] for run in parallel])
+        lines.append(
+            f"| {env_id} | {np.median(rate):.0f} | {np.median(rate_n):.0f} | {np.median(speedups):.2f} "
+            f"[{min(speedups):.2f}, {max(speedups):.2f}] | {collectives:.1f} | {format_number(collective_ms, 2)} |"
+        )
+        if "split" in result:
+            split = result["split"]
+            figures = {"collective_s": collective_ms / 1000}
+            prediction = predicted_speedups(split, figures, processes)
+            cells = " | ".join(
+                f"{g:.1f}× / {r:.1f}×" for g, r in zip(prediction["gather"], prediction["all_reduce"], strict=True)
+            )
+            predictions.append(f"| {env_id} | {cells} |")
+    text = "\n".join(lines)
+    if predictions:
+        header = " | ".join(f"N = {n}" for n in [1, 2, 8, 32, 128, 256])
+        text += (
+            "\n\nPredicted speed-up, gather / all-reduce (from the measured split of one process's time into "
+            "rollouts and update and the measured cost of a collective; `docs/guide/distributed.rst`):\n\n"
+            f"| Task | {header} |\n|---|" + "---:|" * 6 + "\n" + "\n".join(predictions)
+        )
+    return text
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        env_id, steps, n_envs, out = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5])
+        worker(env_id, steps, n_envs, out)
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--envs", nargs="+", default=["HalfCheetah-v5", "CartPole-v1"])
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR)
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--update-readme", nargs="*", type=Path, default=[])
+    args = parser.parse_args()
+    path = args.out / "scaling.json"
+    if args.report_only:
+        data = json.loads(path.read_text())
+    else:
+        data = {
+            "processes": args.processes,
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "commit": git_commit(),
+            "source": source_fingerprint(),
+            "versions": versions(),
+            "results": measure(args.envs, args.processes, args.steps, args.repeats),
+        }
+        speed = args.out / "speed.json"  # one process's split into rollouts and update, from the speed benchmark
+        if speed.exists():
+            _attach_split(data["results"], json.loads(speed.read_text()))
+        write_json(path, data)
+    table = report(data["results"], data["processes"])
+    write_text(args.out / "scaling.md", f"# Data-parallel scaling\n\nGenerated by `benchmarks/scaling.py`.\n\n{table}\n")
+    for readme in args.update_readme:
+        replace_marked_block(readme, TABLE_MARKER, table)
+    print(table)
+    return 0
+
+
+def _attach_split(results: dict[str, Any], speed: dict[str, Any]) -> None:
+    """Per task, the median rollout and update time per update of our TRPO in ``speed.json``, and the
+    number of collectives an all-reducing update would take (gradient, CG products, line search, critic minibatches)."""
+    from hyperparams import run_settings
+
+    for env_id, result in results.items():
+        runs = [run for run in speed.get("measurements", []) if run.get("env") == env_id and run.get("algo") == "sb3_trpo"]
+        if not runs:
+            continue
+        updates = np.median([run["n_updates"] for run in runs])
+        kwargs = run_settings("sb3_trpo", env_id).algo_kwargs
+        batch = result["n_envs"] * kwargs.get("n_steps", 2048)
+        minibatches = kwargs.get("n_critic_updates", 10) * -(-batch // kwargs.get("batch_size", 128))
+        result["split"] = {
+            "rollout_s": float(np.median([run["learn_s"] - run["train_s"] for run in runs]) / updates),
+            "update_s": float(np.median([run["train_s"] for run in runs]) / updates),
+            "collectives_all_reduce": 1 + kwargs.get("cg_max_steps", 15) + 2 + minibatches,
+        }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The processes of one training run and the few collectives they exchange, on ``torch.distributed``.
+
+Launched by ``torchrun`` (``--standalone`` on one machine, a c10d rendezvous across machines), each
+process finds its rank and the world size in its environment (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``). The process group uses gloo on the CPU and NCCL
+on GPUs. Every collective has a timeout: a rank that dies or hangs makes the others fail with an
+error within that time instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta
+from typing import Any
+
+import torch as th
+import torch.distributed as dist
+
+TIMEOUT_ENV = "SB3_TRPO_DISTRIBUTED_TIMEOUT"
+DEFAULT_TIMEOUT_S = 300.0
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of several started by ``torchrun`` (``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+class Communicator:
+    """This process's place in the run (``rank`` of ``world_size``) and the collectives the training uses.
+
+    :param timeout_s: how long a collective may wait for the other ranks before failing
+        (default: ``$SB3_TRPO_DISTRIBUTED_TIMEOUT`` or 300 s)
+    :param device: the training device; CUDA devices communicate with NCCL, the CPU with gloo
+    """
+
+    def __init__(self, timeout_s: float | None = None, device: th.device | None = None) -> None:
+        if timeout_s is None:
+            timeout_s = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
+        self.timeout_s = timeout_s
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = device is not None and th.device(device).type == "cuda"
+        if not dist.is_initialized():
+            if cuda:
+                th.cuda.set_device(self.local_rank)
+            dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.n_collectives = 0  # how many collectives this process took part in (the cost to design around)
+        self.seconds = 0.0  # and the time it spent in them, waiting for the other ranks included
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that logs and saves."""
+        return self.rank == 0
+
+    def all_gather(self, payload: Any) -> list[Any]:
+        """Every rank's ``payload`` (any picklable object), in rank order, on every rank: one collective."""
+        gathered: list[Any] = [None] * self.world_size
+        start = time.perf_counter()
+        dist.all_gather_object(gathered, payload)
+        self._count(start)
+        return gathered
+
+    def broadcast(self, payload: Any) -> Any:
+        """Rank 0's ``payload`` on every rank (the others' argument is ignored): one collective."""
+        box = [payload if self.is_main else None]
+        start = time.perf_counter()
+        dist.broadcast_object_list(box, src=0)
+        self._count(start)
+        return box[0]
+
+    def _count(self, start: float) -> None:
+        self.n_collectives += 1
+        self.seconds += time.perf_counter() - start

@@ -1,0 +1,243 @@
+"""Synchronous data-parallel training: every rank collects its own rollout, every rank runs the same update.
+
+After each rollout the ranks exchange what they collected in **one collective**, so that every rank holds
+the union of the batches, laid out as one process with all the ranks' environments would hold it (rank
+``r``'s environments after rank ``r − 1``'s). Every rank then runs the single-process update on that
+union: the same advantages normalisation, gradient, Fisher-vector products, line search and critic fit,
+with the same random draws (the critic's minibatch order comes from the global NumPy stream, which rank
+0 hands to all), so the parameters stay bit-identical without any further communication. A periodic
+checksum turns any divergence into an error.
+
+Why gather rather than all-reduce each mean: on these networks one collective costs about as much as a
+whole Fisher-vector product, and an update takes ~30 of them plus one per critic minibatch (hundreds),
+so reducing each would cost more than the update. One gather per rollout costs one collective; what
+stays is that every rank computes the whole update (``docs/guide/distributed.rst`` weighs the two).
+
+The same exchange carries what else must be global: the steps every rank took (``num_timesteps`` counts
+them all), the episodes they finished (``rollout/ep_rew_mean`` covers every rank), the moments their
+``VecNormalize`` saw (merged as deltas, so nothing is counted twice), and whether a callback stopped
+training on any rank (then all stop).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.running_mean_std import RunningMeanStd
+
+from sb3_trpo.distributed.communicator import Communicator
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
+    from stable_baselines3.common.buffers import RolloutBuffer
+
+# Arrays of the recurrent buffers whose environment axis is not the second: (n_steps, n_layers, n_envs, size).
+_ENV_AXIS = {"hidden_states_pi": 2, "cell_states_pi": 2, "hidden_states_vf": 2, "cell_states_vf": 2}
+
+
+class DataParallel:
+    """The data-parallel side of one model: its communicator, the union buffer, the merge of statistics.
+
+    :param communicator: the ranks of the run
+    :param checksum_interval: compare the parameters across ranks every that many updates (0: never)
+    """
+
+    def __init__(self, communicator: Communicator, checksum_interval: int = 10) -> None:
+        self.communicator, self.checksum_interval = communicator, checksum_interval
+        self.buffer: RolloutBuffer | None = None  # the union of the ranks' rollouts, once gathered
+        self._episodes: list[dict[str, Any]] = []  # episodes this rank finished during the rollout
+        self._successes: list[Any] = []
+        self._statistics: dict[str, RunningMeanStd] = {}  # VecNormalize's moments when they were last merged
+
+    @property
+    def rank(self) -> int:
+        return self.communicator.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.communicator.world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self.communicator.is_main
+
+    # ------------------------------------------------------------------ start of learn(): one model on every rank
+
+    def synchronize(self, algorithm: BaseAlgorithm, attributes: Iterable[str]) -> None:
+        """Rank 0's parameters, optimiser states, ``attributes`` and ``VecNormalize`` statistics on every rank."""
+        vec_normalize = algorithm.get_vec_normalize_env()
+        state = {
+            "parameters": algorithm.get_parameters(),
+            "attributes": {name: getattr(algorithm, name) for name in attributes},
+            "statistics": None if vec_normalize is None else (vec_normalize.obs_rms, vec_normalize.ret_rms),
+        }
+        state = self.communicator.broadcast(state if self.is_main else None)
+        if not self.is_main:
+            algorithm.set_parameters(state["parameters"], exact_match=True)
+            for name, value in state["attributes"].items():
+                setattr(algorithm, name, value)
+            if vec_normalize is not None:
+                vec_normalize.obs_rms, vec_normalize.ret_rms = copy.deepcopy(state["statistics"])
+        self._statistics = _snapshot(vec_normalize)
+
+    # ------------------------------------------------------------------ after each rollout: the union
+
+    def record_infos(self, infos: list[dict[str, Any]], dones: np.ndarray | None) -> None:
+        """Keep the episodes this rank finished (SB3's ``_update_info_buffer`` sees every step's infos)."""
+        for index, info in enumerate(infos):
+            if info.get("episode") is not None:
+                self._episodes.append(info["episode"])
+            if info.get("is_success") is not None and dones is not None and dones[index]:
+                self._successes.append(info["is_success"])
+
+    def after_rollout(self, algorithm: BaseAlgorithm, rollout_buffer: RolloutBuffer, steps: int, completed: bool) -> bool:
+        """Exchange the rollouts; False (on every rank) if a callback stopped training on any rank.
+
+        :param steps: the environment steps this rank took in the rollout
+        :param completed: whether this rank's rollout ran to its end
+        """
+        vec_normalize = algorithm.get_vec_normalize_env()
+        payload = {
+            "completed": completed,
+            "steps": steps,
+            "episodes": self._episodes,
+            "successes": self._successes,
+            "arrays": _buffer_arrays(rollout_buffer) if completed else None,
+            "moments": _moments_since(self._statistics, vec_normalize),
+            "numpy_state": np.random.get_state() if self.is_main else None,
+        }
+        self._episodes, self._successes = [], []
+        gathered = self.communicator.all_gather(payload)
+
+        others = [part for rank, part in enumerate(gathered) if rank != self.rank]
+        algorithm.num_timesteps += sum(part["steps"] for part in others)
+        assert algorithm.ep_info_buffer is not None
+        assert algorithm.ep_success_buffer is not None
+        for part in others:
+            algorithm.ep_info_buffer.extend(part["episodes"])
+            algorithm.ep_success_buffer.extend(part["successes"])
+        if vec_normalize is not None:
+            _merge_moments(self._statistics, [part["moments"] for part in gathered], vec_normalize)
+            self._statistics = _snapshot(vec_normalize)
+        if not all(part["completed"] for part in gathered):
+            return False
+        # The update's random draws (the critic's minibatch order) are the same on every rank: rank 0's.
+        np.random.set_state(gathered[0]["numpy_state"])
+        self.buffer = _union(rollout_buffer, [part["arrays"] for part in gathered])
+        return True
+
+    # ------------------------------------------------------------------ lockstep
+
+    def check_lockstep(self, algorithm: BaseAlgorithm, n_updates: int, force: bool = False) -> None:
+        """Every ``checksum_interval`` updates (or when ``force``), raise if the ranks' parameters differ."""
+        if not force and (self.checksum_interval <= 0 or n_updates % self.checksum_interval):
+            return
+        checksums = self.communicator.all_gather(parameter_checksum(algorithm.policy.parameters()))
+        if any(checksum != checksums[0] for checksum in checksums):
+            raise RuntimeError(
+                f"the ranks' parameters diverged after update {n_updates}: checksums {checksums} "
+                "(sum and sum of squares of every parameter, per rank); the update must be deterministic on every rank"
+            )
+
+
+def parameter_checksum(parameters: Iterable[th.Tensor]) -> tuple[float, float]:
+    """``(Σ θ, Σ θ²)`` over every parameter, in float64: equal on two ranks whose parameters are bit-identical."""
+    total, squares = 0.0, 0.0
+    with th.no_grad():
+        for param in parameters:
+            values = param.detach().double()
+            total += values.sum().item()
+            squares += values.square().sum().item()
+    return total, squares
+
+
+# ---------------------------------------------------------------------------------------------- buffers
+
+
+def _buffer_arrays(buffer: RolloutBuffer) -> dict[str, Any]:
+    """The rollout buffer's per-step arrays (dict observations as a dict), before any ``get()`` reshapes them."""
+    if buffer.generator_ready:
+        raise RuntimeError("the rollout buffer was already flattened by get(): gather it right after the rollout")
+    arrays: dict[str, Any] = {}
+    for name, value in vars(buffer).items():
+        if (isinstance(value, np.ndarray) and value.ndim >= 2 and value.shape[0] == buffer.buffer_size) or (
+            isinstance(value, dict) and value and all(isinstance(v, np.ndarray) for v in value.values())
+        ):
+            arrays[name] = value
+    return arrays
+
+
+def _union(local: RolloutBuffer, parts: list[dict[str, Any]]) -> RolloutBuffer:
+    """One buffer holding every rank's rollout, each rank's environments after the previous rank's."""
+    union = copy.copy(local)
+    for name in parts[0]:
+        axis = _ENV_AXIS.get(name, 1)
+        if isinstance(parts[0][name], dict):
+            setattr(
+                union, name, {key: np.concatenate([part[name][key] for part in parts], axis=axis) for key in parts[0][name]}
+            )
+        else:
+            setattr(union, name, np.concatenate([part[name] for part in parts], axis=axis))
+    union.n_envs = sum(part["episode_starts"].shape[1] for part in parts)
+    union.generator_ready = False
+    return union
+
+
+# ---------------------------------------------------------------------------------------------- VecNormalize
+
+
+def _snapshot(vec_normalize: Any) -> dict[str, RunningMeanStd]:
+    """Copies of ``VecNormalize``'s running statistics (``obs``, per key for dict observations, and ``ret``)."""
+    if vec_normalize is None:
+        return {}
+    statistics = {}
+    obs_rms = vec_normalize.obs_rms
+    for key, rms in obs_rms.items() if isinstance(obs_rms, dict) else [("obs", obs_rms)]:
+        statistics[f"obs/{key}"] = copy.deepcopy(rms)
+    statistics["ret"] = copy.deepcopy(vec_normalize.ret_rms)
+    return statistics
+
+
+def _current(vec_normalize: Any, name: str) -> RunningMeanStd:
+    if name == "ret":
+        return vec_normalize.ret_rms
+    key = name.split("/", 1)[1]
+    return vec_normalize.obs_rms[key] if isinstance(vec_normalize.obs_rms, dict) else vec_normalize.obs_rms
+
+
+def _moments_since(snapshot: dict[str, RunningMeanStd], vec_normalize: Any) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """The moments (mean, variance, count) of what this rank's statistics absorbed since ``snapshot``.
+
+    ``RunningMeanStd`` merges a batch by the parallel-variance formula; this inverts it: from the
+    statistics before (``m₀, v₀, n₀``) and after (``m₁, v₁, n₁``), the batch has ``n = n₁ − n₀``,
+    ``m = (m₁n₁ − m₀n₀)/n`` and ``v = (v₁n₁ − v₀n₀ − (m − m₀)² n₀n/n₁)/n``.
+    """
+    moments = {}
+    for name, before in snapshot.items():
+        after = _current(vec_normalize, name)
+        count = after.count - before.count
+        if count <= 0:
+            continue
+        mean = (after.mean * after.count - before.mean * before.count) / count
+        squares = (
+            after.var * after.count
+            - before.var * before.count
+            - (mean - before.mean) ** 2 * before.count * count / after.count
+        )
+        moments[name] = (mean, np.maximum(squares / count, 0.0), count)
+    return moments
+
+
+def _merge_moments(snapshot: dict[str, RunningMeanStd], parts: list[dict[str, Any]], vec_normalize: Any) -> None:
+    """Every rank's new moments merged into the statistics they all shared, in rank order: the same on every rank."""
+    for name, before in snapshot.items():
+        merged = copy.deepcopy(before)
+        for moments in parts:
+            if name in moments:
+                merged.update_from_moments(*moments[name])
+        target = _current(vec_normalize, name)
+        target.mean, target.var, target.count = merged.mean, merged.var, merged.count

@@ -1,0 +1,115 @@
+"""One rank of the multi-process tests (``tests/test_distributed.py`` starts it with ``torchrun``).
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py MODE OUT_DIR
+
+Each mode trains a little and writes what the test compares into ``OUT_DIR`` (``rank<r>_*.npz``/``.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch as th
+
+from sb3_trpo import TRPO, RecurrentTRPO, TRPOPenalty
+
+UPDATE_SETTINGS = {"n_steps": 64, "batch_size": 32, "n_critic_updates": 3, "seed": 3, "target_kl": 0.02}
+BUFFER_ARRAYS = ("observations", "actions", "rewards", "returns", "episode_starts", "values", "log_probs", "advantages")
+
+
+def flat_parameters(model: TRPO) -> np.ndarray:
+    return np.concatenate([p.detach().numpy().ravel() for p in model.policy.parameters()])
+
+
+def record_updates(model: TRPO, out: Path, rank: int) -> None:
+    """Around each update: the union batch, the parameters and NumPy's stream before it, the results after."""
+    train, count = model.train, [0]
+
+    def recorded_train() -> None:
+        assert model._data_parallel is not None
+        union = model._data_parallel.buffer
+        assert union is not None
+        record = {f"buffer_{name}": getattr(union, name).copy() for name in BUFFER_ARRAYS}
+        record["before"] = flat_parameters(model)
+        numpy_state = np.random.get_state()
+        train()
+        record["after"] = flat_parameters(model)
+        logged = {key: float(value) for key, value in model.logger.name_to_value.items() if key.startswith("train/")}
+        np.savez(out / f"rank{rank}_update{count[0]}.npz", **record)
+        (out / f"rank{rank}_update{count[0]}.json").write_text(
+            json.dumps({"logged": logged, "numpy_state": _jsonable(numpy_state)})
+        )
+        count[0] += 1
+
+    model.train = recorded_train  # type: ignore[method-assign]
+
+
+def _jsonable(state: tuple) -> list:
+    return [state[0], state[1].tolist(), *state[2:]]
+
+
+def main() -> None:
+    mode, out = sys.argv[1], Path(sys.argv[2])
+    rank = int(os.environ["RANK"])
+    th.set_num_threads(1)
+    if mode in ("update", "penalty"):
+        algorithm = TRPO if mode == "update" else TRPOPenalty
+        model = algorithm("MlpPolicy", "CartPole-v1", **UPDATE_SETTINGS)
+        record_updates(model, out, rank)
+        model.learn(2 * 64 * 2)  # two rollouts of 64 steps on each of the two ranks
+    elif mode == "lockstep":
+        model = TRPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_critic_updates=2, seed=5)
+        assert model._data_parallel is not None
+        model._data_parallel.checksum_interval = 1
+        model.learn(3 * 64 * 2)
+        report = {
+            "num_timesteps": model.num_timesteps,
+            "n_updates": model._n_updates,
+            "episodes": sorted(episode["r"] for episode in model.ep_info_buffer),
+            "backends": model.backends.names,
+        }
+        np.save(out / f"rank{rank}_parameters.npy", flat_parameters(model))
+        with th.no_grad():
+            if rank == 1:  # a rank that drifts: the check must catch it on every rank
+                next(model.policy.parameters()).add_(1e-6)
+        try:
+            model._data_parallel.check_lockstep(model, model._n_updates, force=True)
+        except RuntimeError as error:
+            report["divergence"] = str(error)
+        (out / f"rank{rank}.json").write_text(json.dumps(report))
+        model.save(out / "model")
+    elif mode == "vecnormalize":
+        from stable_baselines3.common.env_util import make_vec_env
+        from stable_baselines3.common.vec_env import VecNormalize
+
+        env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1), gamma=0.9)
+        model = TRPO("MlpPolicy", env, n_steps=64, batch_size=32, n_critic_updates=1, seed=7, gamma=0.9)
+        model.learn(2 * 64 * 2)
+        rms = env.obs_rms
+        report = {"count": rms.count, "mean": rms.mean.tolist(), "var": rms.var.tolist(), "ret_count": env.ret_rms.count}
+        (out / f"rank{rank}.json").write_text(json.dumps(report))
+    elif mode == "recurrent":
+        model = RecurrentTRPO(
+            "MlpLstmPolicy",
+            "CartPole-v1",
+            n_steps=32,
+            batch_size=32,
+            n_critic_updates=1,
+            seed=1,
+            policy_kwargs={"lstm_hidden_size": 8},
+        )
+        model.learn(2 * 32 * 2)
+        np.save(out / f"rank{rank}_parameters.npy", flat_parameters(model))
+        (out / f"rank{rank}.json").write_text(
+            json.dumps({"num_timesteps": model.num_timesteps, "n_updates": model._n_updates})
+        )
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    main()

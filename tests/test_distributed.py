@@ -1,0 +1,139 @@
+"""Data-parallel training on 2 processes (gloo on localhost, started by torchrun) against one process.
+
+Each test starts ``tests/distributed_worker.py`` on two ranks with a timeout, so a hang fails the test
+instead of stalling the suite, then compares what the ranks wrote with the single-process result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import configure
+
+from sb3_trpo import TRPO, TRPOPenalty
+from sb3_trpo.distributed import data_parallel_for, launched_by_torchrun
+
+WORKER = Path(__file__).parent / "distributed_worker.py"
+UPDATE_SETTINGS = {"n_steps": 64, "batch_size": 32, "n_critic_updates": 3, "seed": 3, "target_kl": 0.02}
+
+
+def torchrun(mode: str, out: Path, timeout: float = 240.0) -> None:
+    """Run ``mode`` of the worker on 2 ranks; fail with both ranks' output if it fails or outlives ``timeout``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SB3_TRPO_DISTRIBUTED_TIMEOUT": "60"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(WORKER),
+        mode,
+        str(out),
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    assert result.returncode == 0, f"torchrun {mode} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+
+
+def set_parameters(model: TRPO, flat: np.ndarray) -> None:
+    offset = 0
+    with th.no_grad():
+        for param in model.policy.parameters():
+            param.copy_(th.as_tensor(flat[offset : offset + param.numel()]).view_as(param))
+            offset += param.numel()
+
+
+def flat_parameters(model: TRPO) -> np.ndarray:
+    return np.concatenate([p.detach().numpy().ravel() for p in model.policy.parameters()])
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("mode", "algorithm"), [("update", TRPO), ("penalty", TRPOPenalty)])
+def test_two_ranks_take_the_single_process_update_on_the_union_of_their_batches(tmp_path, mode, algorithm):
+    torchrun(mode, tmp_path)
+    # One process with both ranks' environments (n_envs=2, seeded 3 and 4 as ranks 0 and 1 seed theirs).
+    reference = algorithm("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), **UPDATE_SETTINGS)
+    reference.set_logger(configure(str(tmp_path / "reference_logs"), []))
+    first_observations = reference.env.reset()
+    for update in range(2):
+        ranks = [np.load(tmp_path / f"rank{rank}_update{update}.npz") for rank in range(2)]
+        meta = json.loads((tmp_path / f"rank0_update{update}.json").read_text())
+        for name in ranks[0].files:  # every rank updates on the same union, from the same parameters
+            np.testing.assert_array_equal(ranks[0][name], ranks[1][name])
+        union = ranks[0]
+        assert union["buffer_observations"].shape[:2] == (64, 2)  # rank r's environment is column r
+        if update == 0:  # the ranks' environments were seeded as one process's two environments are
+            np.testing.assert_allclose(union["buffer_observations"][0], first_observations, rtol=0, atol=0)
+
+        set_parameters(reference, union["before"])
+        buffer = reference.rollout_buffer
+        for name in ("observations", "actions", "rewards", "returns", "episode_starts", "values", "log_probs", "advantages"):
+            setattr(buffer, name, union[f"buffer_{name}"].copy())
+        buffer.full, buffer.pos, buffer.generator_ready = True, buffer.buffer_size, False
+        state = meta["numpy_state"]
+        np.random.set_state((state[0], np.array(state[1], dtype=np.uint32), *state[2:]))
+        reference._n_updates = update
+        reference.train()
+
+        logged = reference.logger.name_to_value
+        for key in ("train/cg_iterations", "train/line_search_backtracks", "train/is_line_search_success"):
+            assert logged[key] == meta["logged"][key], key
+        for key in ("train/step_size", "train/kl_divergence", "train/policy_objective", "train/value_loss"):
+            assert logged[key] == pytest.approx(meta["logged"][key], rel=1e-5, abs=1e-9), key
+        assert np.abs(union["after"] - union["before"]).max() > 1e-4  # the update moved the parameters
+        np.testing.assert_allclose(flat_parameters(reference), union["after"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.timeout(300)
+def test_ranks_stay_in_lockstep_count_every_step_and_a_divergence_is_caught(tmp_path):
+    torchrun("lockstep", tmp_path)
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    np.testing.assert_array_equal(np.load(tmp_path / "rank0_parameters.npy"), np.load(tmp_path / "rank1_parameters.npy"))
+    for report in reports:
+        assert report["num_timesteps"] == 3 * 64 * 2  # learn(total_timesteps) counts both ranks' steps
+        assert report["n_updates"] == 3
+        assert report["backends"] == {"actor": "mlp", "critic": "flat", "rollout": "numpy"}
+        assert "diverged" in report["divergence"]
+    assert reports[0]["episodes"] == reports[1]["episodes"]  # every rank's episodes, on every rank
+    assert len(reports[0]["episodes"]) >= 2
+    loaded = TRPO.load(tmp_path / "model")  # rank 0 saved it; it loads in one process
+    assert loaded._data_parallel is None
+    np.testing.assert_array_equal(flat_parameters(loaded), np.load(tmp_path / "rank0_parameters.npy"))
+
+
+@pytest.mark.timeout(300)
+def test_vec_normalize_statistics_merge_every_ranks_observations_once(tmp_path):
+    torchrun("vecnormalize", tmp_path)
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert reports[0] == reports[1]
+    # Each rank normalised its reset observation and 2 × 64 steps' observations: counted once each.
+    assert reports[0]["count"] == pytest.approx(1e-4 + 2 * (1 + 2 * 64), rel=1e-12)
+    assert reports[0]["ret_count"] == pytest.approx(1e-4 + 2 * 2 * 64, rel=1e-12)
+
+
+@pytest.mark.timeout(300)
+def test_recurrent_trpo_trains_data_parallel_in_lockstep(tmp_path):
+    torchrun("recurrent", tmp_path)
+    np.testing.assert_array_equal(np.load(tmp_path / "rank0_parameters.npy"), np.load(tmp_path / "rank1_parameters.npy"))
+    for rank in range(2):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {"num_timesteps": 128, "n_updates": 2}
+
+
+def test_without_torchrun_a_model_trains_on_this_process_alone(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert not launched_by_torchrun()
+    assert data_parallel_for("auto", th.device("cpu")) is None
+    assert data_parallel_for("off", th.device("cpu")) is None
+    model = TRPO("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32)
+    assert model._data_parallel is None
+    with pytest.raises(ValueError, match=r"^distributed must be"):
+        TRPO("MlpPolicy", "CartPole-v1", distributed="mpi")
