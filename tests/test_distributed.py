@@ -137,3 +137,22 @@ def test_without_torchrun_a_model_trains_on_this_process_alone(monkeypatch):
     assert model._data_parallel is None
     with pytest.raises(ValueError, match=r"^distributed must be"):
         TRPO("MlpPolicy", "CartPole-v1", distributed="mpi")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("algo", ["trpo", "trpo_penalty", "trpo_lstm", "trpo_penalty_lstm"])
+def test_the_zoo_trains_on_two_ranks_and_rank_0_writes_the_model_once(tmp_path, algo):
+    from sb3_trpo.zoo import REGISTERED
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "sb3_trpo.zoo"]
+    command += ["train", "--algo", algo, "--env", "CartPole-v1", "-f", str(tmp_path / "logs"), "-n", "256", "--seed", "0"]
+    command += ["--eval-freq", "-1", "--num-threads", "1", "-params", "n_steps:32", "batch_size:32", "n_critic_updates:1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SB3_TRPO_DISTRIBUTED_TIMEOUT": "60"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=280, check=False)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+
+    runs = list((tmp_path / "logs" / algo).iterdir())
+    assert [run.name for run in runs] == ["CartPole-v1_1"]  # one run folder: rank 1 wrote nothing here
+    model = getattr(__import__("sb3_trpo"), REGISTERED[algo].class_name).load(runs[0] / "CartPole-v1.zip", device="cpu")
+    assert model._data_parallel is None  # loads on one process
+    assert model.num_timesteps == 256  # both ranks' steps: 2 ranks × 2 rollouts × 2 envs × 32 steps
