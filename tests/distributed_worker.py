@@ -107,6 +107,40 @@ def main() -> None:
         (out / f"rank{rank}.json").write_text(
             json.dumps({"num_timesteps": model.num_timesteps, "n_updates": model._n_updates})
         )
+    elif mode == "fault":  # rank 1 is killed after the first update; rank 0 must stop with an error, not hang
+        import signal
+
+        model = TRPO("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, n_critic_updates=1, seed=2)
+        if rank == 1:
+            model.train = lambda: os.kill(os.getpid(), signal.SIGKILL)  # type: ignore[method-assign]
+        model.learn(10 * 32 * 2)
+    elif mode == "resume":  # killed once mid-run; torchrun --max-restarts starts both ranks again from the checkpoint
+        import signal
+
+        from stable_baselines3.common.callbacks import CheckpointCallback
+
+        total, checkpoints = 6 * 32 * 2, out / "checkpoints"
+        checkpoint = CheckpointCallback(save_freq=64, save_path=str(checkpoints), name_prefix="trpo")
+        saved = sorted(checkpoints.glob("trpo_*_steps.zip"), key=lambda path: int(path.stem.split("_")[1]))
+        if saved:
+            from stable_baselines3.common.env_util import make_vec_env
+
+            model = TRPO.load(saved[-1], env=make_vec_env("CartPole-v1", n_envs=1))
+            model.learn(total - model.num_timesteps, callback=checkpoint, reset_num_timesteps=False)
+        else:
+            model = TRPO("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, n_critic_updates=1, seed=2)
+            if rank == 1:
+                train = model.train
+
+                def train_then_die() -> None:
+                    train()
+                    if model._n_updates == 3:
+                        os.kill(os.getpid(), signal.SIGKILL)
+
+                model.train = train_then_die  # type: ignore[method-assign]
+            model.learn(total, callback=checkpoint)
+        model.save(out / "final")
+        (out / f"rank{rank}.json").write_text(json.dumps({"num_timesteps": model.num_timesteps, "resumed": bool(saved)}))
     else:
         raise ValueError(f"unknown mode {mode!r}")
 

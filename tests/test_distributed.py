@@ -156,3 +156,47 @@ def test_the_zoo_trains_on_two_ranks_and_rank_0_writes_the_model_once(tmp_path, 
     model = getattr(__import__("sb3_trpo"), REGISTERED[algo].class_name).load(runs[0] / "CartPole-v1.zip", device="cpu")
     assert model._data_parallel is None  # loads on one process
     assert model.num_timesteps == 256  # both ranks' steps: 2 ranks × 2 rollouts × 2 envs × 32 steps
+
+
+@pytest.mark.timeout(200)
+def test_a_killed_rank_makes_the_others_stop_with_an_error_not_hang(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a free port on this machine for the process group's store
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    base["SB3_TRPO_DISTRIBUTED_TIMEOUT"] = "30"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), "fault", str(tmp_path)],
+            env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    start = time.monotonic()
+    _, errors = processes[0].communicate(timeout=180)
+    elapsed = time.monotonic() - start
+    processes[1].wait(timeout=30)
+    assert processes[1].returncode == -9  # killed, as planned
+    assert processes[0].returncode != 0
+    assert "the other ranks stopped answering" in errors, errors[-3000:]
+    assert elapsed < 150
+
+
+@pytest.mark.timeout(300)
+def test_with_max_restarts_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SB3_TRPO_DISTRIBUTED_TIMEOUT": "30"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts", "1"]
+    result = subprocess.run(
+        [*command, str(WORKER), "resume", str(tmp_path)], env=env, capture_output=True, text=True, timeout=280
+    )
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert all(report["resumed"] for report in reports)  # both ranks of the second attempt started from the checkpoint
+    assert all(report["num_timesteps"] >= 6 * 32 * 2 for report in reports)
+    assert TRPO.load(tmp_path / "final").num_timesteps == reports[0]["num_timesteps"]

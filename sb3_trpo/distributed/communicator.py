@@ -57,7 +57,10 @@ class Communicator:
         """Every rank's ``payload`` (any picklable object), in rank order, on every rank: one collective."""
         gathered: list[Any] = [None] * self.world_size
         start = time.perf_counter()
-        dist.all_gather_object(gathered, payload)
+        try:
+            dist.all_gather_object(gathered, payload)
+        except (RuntimeError, dist.DistBackendError) as error:
+            raise self._lost(error) from error
         self._count(start)
         return gathered
 
@@ -65,9 +68,19 @@ class Communicator:
         """Rank 0's ``payload`` on every rank (the others' argument is ignored): one collective."""
         box = [payload if self.is_main else None]
         start = time.perf_counter()
-        dist.broadcast_object_list(box, src=0)
+        try:
+            dist.broadcast_object_list(box, src=0)
+        except (RuntimeError, dist.DistBackendError) as error:
+            raise self._lost(error) from error
         self._count(start)
         return box[0]
+
+    def _lost(self, error: Exception) -> RuntimeError:
+        return RuntimeError(
+            f"rank {self.rank} of {self.world_size}: the other ranks stopped answering (a rank died, hung or was "
+            f"killed; collectives wait at most {self.timeout_s:g} s, ${TIMEOUT_ENV}). Training stops here; restart it "
+            f"from the last checkpoint (torchrun --max-restarts, docs: Training on many processes). Cause: {error}"
+        )
 
     def _count(self, start: float) -> None:
         self.n_collectives += 1
