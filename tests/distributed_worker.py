@@ -56,9 +56,10 @@ def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2])
     rank = int(os.environ["RANK"])
     th.set_num_threads(1)
-    if mode in ("update", "penalty"):
+    if mode in ("update", "penalty", "penalty_first_order"):
         algorithm = TRPO if mode == "update" else TRPOPenalty
-        model = algorithm("MlpPolicy", "CartPole-v1", **UPDATE_SETTINGS)
+        extra = {"policy_optimizer": "first_order", "n_epochs": 2} if mode == "penalty_first_order" else {}
+        model = algorithm("MlpPolicy", "CartPole-v1", **UPDATE_SETTINGS, **extra)
         record_updates(model, out, rank)
         model.learn(2 * 64 * 2)  # two rollouts of 64 steps on each of the two ranks
     elif mode == "lockstep":

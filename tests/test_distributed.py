@@ -56,11 +56,18 @@ def flat_parameters(model: TRPO) -> np.ndarray:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize(("mode", "algorithm"), [("update", TRPO), ("penalty", TRPOPenalty)])
-def test_two_ranks_take_the_single_process_update_on_the_union_of_their_batches(tmp_path, mode, algorithm):
+@pytest.mark.parametrize(
+    ("mode", "algorithm", "extra"),
+    [
+        ("update", TRPO, {}),
+        ("penalty", TRPOPenalty, {}),
+        ("penalty_first_order", TRPOPenalty, {"policy_optimizer": "first_order", "n_epochs": 2}),
+    ],
+)
+def test_two_ranks_take_the_single_process_update_on_the_union_of_their_batches(tmp_path, mode, algorithm, extra):
     torchrun(mode, tmp_path)
     # One process with both ranks' environments (n_envs=2, seeded 3 and 4 as ranks 0 and 1 seed theirs).
-    reference = algorithm("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), **UPDATE_SETTINGS)
+    reference = algorithm("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), **UPDATE_SETTINGS, **extra)
     reference.set_logger(configure(str(tmp_path / "reference_logs"), []))
     first_observations = reference.env.reset()
     for update in range(2):
