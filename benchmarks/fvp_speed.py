@@ -35,13 +35,13 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch.func import functional_call, jvp, linearize, vjp
 
+from sb3_trpo.accel.actor import PolicyMLPActor
 from sb3_trpo.common.analytic_fisher import (
     analytic_fisher_vector_product,
     distribution_parameters,
     fisher_metric,
 )
 from sb3_trpo.common.fisher import autograd_fisher_vector_product, kl_per_state
-from sb3_trpo.accel.actor import PolicyMLPActor
 from sb3_trpo.common.natural_gradient import MatrixVectorProduct, flat_concat
 
 Builder = Callable[[], MatrixVectorProduct]
