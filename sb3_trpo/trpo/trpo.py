@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import math
+import os
+import pathlib
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -41,6 +45,7 @@ from sb3_trpo.common.backends import (
     TorchCritic,
     actor_parameters,
 )
+from sb3_trpo.common.files import LOADED_BY, atomic_write, model_zip_path, read_saved_data, saved_algorithm
 from sb3_trpo.common.fisher import KL_ACTION_REDUCTIONS
 from sb3_trpo.common.natural_gradient import (
     LineSearchResult,
@@ -48,9 +53,29 @@ from sb3_trpo.common.natural_gradient import (
     conjugate_gradient,
     trust_region_step_scale,
 )
-from sb3_trpo.common.policy_step import ActorProblem, PolicyBatch, PolicyEvaluation, PolicyObjective, surrogate_objective
+from sb3_trpo.common.observations import finite_observations
+from sb3_trpo.common.policy_step import (
+    ActorProblem,
+    PolicyBatch,
+    PolicyEvaluation,
+    PolicyObjective,
+    invalid_candidate,
+    surrogate_objective,
+)
 from sb3_trpo.common.reduction import batch_mean, batch_std
-from sb3_trpo.common.validation import Rule, integer, is_number, number, one_of, require, validate
+from sb3_trpo.common.validation import (
+    ContribAssertionError,
+    Rule,
+    boolean,
+    integer,
+    is_device,
+    is_integer,
+    is_number,
+    number,
+    one_of,
+    require,
+    validate,
+)
 from sb3_trpo.trpo.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 
 SelfTRPO = TypeVar("SelfTRPO", bound="TRPO")
@@ -83,8 +108,18 @@ HYPERPARAMETERS: dict[str, Rule] = {
     "kl_action_reduction": one_of(KL_ACTION_REDUCTIONS),
     "actor_method": one_of(ACTOR_METHODS),
     "critic_method": one_of(CRITIC_METHODS),
+    "normalize_advantage": boolean(),
+    "use_sde": boolean(),
+    "sde_sample_freq": integer(-1),
+    "stats_window_size": integer(1),
+    "verbose": integer(0),
+    "seed": Rule("None or an integer in [0, 2**32 - 1]", lambda v: v is None or (is_integer(v) and 0 <= v < 2**32)),
+    "policy_kwargs": Rule("None or a dict", lambda v: v is None or isinstance(v, dict)),
+    "rollout_buffer_kwargs": Rule("None or a dict", lambda v: v is None or isinstance(v, dict)),
+    "tensorboard_log": Rule("None or a path", lambda v: v is None or isinstance(v, (str, os.PathLike))),
+    "device": Rule('"auto", a torch device or its name ("cpu", "cuda:0", ...)', is_device),
 }
-"""What each of TRPO's own hyperparameters accepts: checked at construction, named once."""
+"""What each hyperparameter accepts (TRPO's own and those it passes to SB3): checked at construction, named once."""
 
 __all__ = ["TRPO", "PolicyBatch", "PolicyUpdateStats", "surrogate_objective"]
 
@@ -101,6 +136,7 @@ class PolicyUpdateStats:
     cg_residual: float = math.nan
     step_size: float = 0.0  # ‖Δ‖ of the accepted step
     skipped: bool = False  # non-finite numbers: the update was skipped
+    full_step: PolicyEvaluation | None = None  # the line search's first candidate, θ_old + Δ (NaN: invalid)
 
     @property
     def line_search_success(self) -> bool:
@@ -225,6 +261,9 @@ class TRPO(OnPolicyAlgorithm):
         and rl-zoo's MuJoCo settings, which were tuned with it. Discrete actions are not affected.
     """
 
+    SAVED_ALGORITHM: ClassVar[str] = "TRPO"
+    """What :func:`~sb3_trpo.common.files.saved_algorithm` calls the files this class loads."""
+
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpPolicy": MlpPolicy,
         "CnnPolicy": CnnPolicy,
@@ -269,6 +308,8 @@ class TRPO(OnPolicyAlgorithm):
         critic_method: str = "auto",
     ):
         validate(HYPERPARAMETERS, locals())
+        if not callable(learning_rate):  # a number (validated): SB3's schedule takes Python's, not NumPy's float32
+            learning_rate = float(learning_rate)
         super().__init__(
             policy,
             env,
@@ -420,6 +461,63 @@ class TRPO(OnPolicyAlgorithm):
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_backends", "_backends_policy"]
 
+    # ------------------------------------------------------------------ files
+
+    def save(
+        self,
+        path: str | pathlib.Path | io.BufferedIOBase,
+        exclude: Iterable[str] | None = None,
+        include: Iterable[str] | None = None,
+    ) -> None:
+        """SB3's ``save()``, atomic: a path is replaced only once the new zip is complete.
+
+        The zip is written to a temporary file beside the target, flushed and ``fsync``\\ ed, then renamed
+        over it (:func:`~sb3_trpo.common.files.atomic_write`): an exception or a full disk while saving
+        leaves the older file as it was. The path rules are SB3's (``.zip`` added when there is no
+        suffix, missing folders created). A file object is written as SB3 writes it.
+        """
+        if isinstance(path, (str, os.PathLike)):
+            with atomic_write(model_zip_path(path)) as file:
+                super().save(file, exclude=exclude, include=include)  # type: ignore[arg-type]
+        else:
+            super().save(path, exclude=exclude, include=include)
+
+    @classmethod
+    def load(
+        cls: type[SelfTRPO],
+        path: str | pathlib.Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfTRPO:
+        """SB3's ``load()``, which first checks that the file holds a model of this algorithm.
+
+        A zip of another algorithm (an SB3 PPO model, a recurrent model into a feed-forward class or the
+        other way round, a ``TRPOPenalty`` model into ``TRPO``) is refused with a ``ValueError`` naming
+        what it holds, instead of loading into a model that fails later. ``TRPO`` loads the models that
+        ``sb3_contrib.TRPO`` saves.
+        """
+        data = read_saved_data(path)
+        if data is not None:
+            found = saved_algorithm(data)
+            if found != cls.SAVED_ALGORITHM:
+                raise ValueError(
+                    f"{path} holds a {found} model, which {cls.__name__}.load() cannot load "
+                    f"(it loads {cls.SAVED_ALGORITHM} models); load it with {LOADED_BY.get(found, 'the class that saved it')}"
+                )
+        return super().load(
+            path,
+            env=env,
+            device=device,
+            custom_objects=custom_objects,
+            print_system_info=print_system_info,
+            force_reset=force_reset,
+            **kwargs,
+        )
+
     def _check_env(self, normalize_advantage: bool, batch_size: int) -> None:
         assert self.env is not None
         require(
@@ -427,6 +525,7 @@ class TRPO(OnPolicyAlgorithm):
             "env (its action space)",
             "one of Box, Discrete, MultiDiscrete, MultiBinary",
             self.action_space,
+            ContribAssertionError,  # SB3 asserts here
         )
         buffer_size = self.env.num_envs * self.n_steps
         if normalize_advantage:
@@ -435,6 +534,7 @@ class TRPO(OnPolicyAlgorithm):
                 "n_steps * n_envs",
                 f"> 1 when normalize_advantage=True (n_steps={self.n_steps}, n_envs={self.env.num_envs})",
                 buffer_size,
+                ContribAssertionError,  # sb3_contrib.TRPO asserts here
             )
         if buffer_size % batch_size > 0:
             warnings.warn(
@@ -449,8 +549,14 @@ class TRPO(OnPolicyAlgorithm):
     def collect_rollouts(
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
     ) -> bool:
-        """SB3's ``collect_rollouts``, run by the rollout backend."""
-        return self.backends.rollout.collect(self, env, callback, rollout_buffer, n_rollout_steps)
+        """SB3's ``collect_rollouts``, run by the rollout backend; a non-finite observation stops it with a ``ValueError``.
+
+        Whatever the backend, the observations are checked where they enter (:func:`finite_observations`):
+        the first non-finite one raises, naming the environment and the step, before any policy, environment
+        or buffer sees it.
+        """
+        with finite_observations(env, self._last_obs, self.num_timesteps):
+            return self.backends.rollout.collect(self, env, callback, rollout_buffer, n_rollout_steps)
 
     def train(self) -> None:
         """One TRPO update on the rollout buffer: policy step in the trust region, then the critic fit."""
@@ -520,6 +626,7 @@ class TRPO(OnPolicyAlgorithm):
             lambda candidate: self._is_acceptable(candidate, problem.before),
             self.line_search_shrinking_factor,
             self.line_search_max_iter,
+            invalid_candidate,  # a candidate whose distribution torch refuses is rejected: the search shrinks
         )
         return self._step_stats(problem, result, full_step, cg.iterations, cg.residual_norm)
 
@@ -553,6 +660,7 @@ class TRPO(OnPolicyAlgorithm):
             cg_iterations=cg_iterations,
             cg_residual=cg_residual,
             step_size=th.linalg.vector_norm(step).item() if result.accepted else 0.0,
+            full_step=result.full_step_evaluation,
         )
 
     def _skip_policy_update(self, reason: str, problem: ActorProblem) -> PolicyUpdateStats:
@@ -567,18 +675,32 @@ class TRPO(OnPolicyAlgorithm):
         return PolicyUpdateStats(problem.before, skipped=True)
 
     def _fit_critic(self) -> CriticFitResult:
-        """Regress the value function on the GAE returns with the critic backend; the actor never moves."""
+        """Regress the value function on the GAE returns with the critic backend; the actor never moves.
+
+        The whole fit is skipped (with a warning, counted once in ``n_skipped_critic_steps``) when the returns
+        are not finite, or when the learning rate that ``learning_rate``'s schedule gives now is not a finite
+        number >= 0: Adam would write it into every parameter of the critic, whichever backend steps.
+        """
+        learning_rates = [group["lr"] for group in self.policy.optimizer.param_groups]
         if not np.isfinite(self.rollout_buffer.returns).all():
-            self.n_skipped_critic_steps += 1
-            warnings.warn(
-                f"{type(self).__name__}: critic fit {self._n_updates} skipped, non-finite returns.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return CriticFitResult()
+            return self._skip_critic_fit("non-finite returns")
+        if not all(is_number(lr) and lr >= 0 for lr in learning_rates):
+            progress = self._current_progress_remaining
+            return self._skip_critic_fit(f"the learning-rate schedule gave {learning_rates[0]!r} at progress {progress:.3g}")
         result = self.backends.critic.fit(self.rollout_buffer, self.batch_size, self.n_critic_updates)
         self.n_skipped_critic_steps += result.n_skipped_steps
         return result
+
+    def _skip_critic_fit(self, reason: str) -> CriticFitResult:
+        """Leave the critic untouched, warn, and count the skipped fit."""
+        self.n_skipped_critic_steps += 1
+        warnings.warn(
+            f"{type(self).__name__}: critic fit {self._n_updates} skipped ({reason}); "
+            f"the critic is unchanged ({self.n_skipped_critic_steps} skipped so far).",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return CriticFitResult()
 
     def _value_loss(self, data: Any) -> th.Tensor:
         """Mean squared error of the critic on a minibatch of the rollout buffer (the reference critic's loss)."""
