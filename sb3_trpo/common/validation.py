@@ -53,10 +53,9 @@ class Rule:
     check: Callable[[Any], bool]
 
 
-def integer(minimum: int, *, or_none: bool = False) -> Rule:
-    """An integer ``>= minimum`` (or None, with ``or_none``)."""
-    accepted = f"an integer >= {minimum}" + (" or None" if or_none else "")
-    return Rule(accepted, lambda value: (or_none and value is None) or (is_integer(value) and value >= minimum))
+def integer(minimum: int) -> Rule:
+    """An integer ``>= minimum``."""
+    return Rule(f"an integer >= {minimum}", lambda value: is_integer(value) and value >= minimum)
 
 
 def boolean() -> Rule:
