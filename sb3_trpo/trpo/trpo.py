@@ -250,15 +250,16 @@ class TRPO(OnPolicyAlgorithm):
         the policy's optimizer; or ``"auto"`` (default), ``"flat"`` where covered. Both take the same
         steps (to float rounding).
 
-    The backends are chosen when the policy is built or replaced (``load``, ``set_parameters``, a new
-    policy object), never during an update: ``model.backends`` says which, and with ``verbose >= 1``
-    the choice is printed with the reason each accelerator was not used.
     :param kl_action_reduction: How the KL of one state adds up over independent action dimensions
         (diagonal Gaussian and Bernoulli actions): ``"sum"`` (default), the KL of the joint action
         distribution, as in the paper; or ``"mean"``, averaged over the dimensions, as
         ``sb3_contrib.TRPO`` does. At the same ``target_kl``, ``"mean"`` lets a ``d``-dimensional
         policy move about ``d`` times as far in joint KL; use it to reproduce sb3-contrib's runs
         and rl-zoo's MuJoCo settings, which were tuned with it. Discrete actions are not affected.
+
+    The backends are chosen when the policy is built or replaced (``load``, ``set_parameters``, a new
+    policy object), never during an update: ``model.backends`` says which, and with ``verbose >= 1``
+    the choice is printed with the reason each accelerator was not used.
     """
 
     SAVED_ALGORITHM: ClassVar[str] = "TRPO"
