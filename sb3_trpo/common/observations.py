@@ -16,6 +16,8 @@ around it would not give them. The check raises before ``step`` returns: nothing
 the policy, an environment (as an action) or the rollout buffer, and the terminal observations that
 truncated episodes are bootstrapped from are checked in the same place. Its cost is one
 ``np.isfinite(...).all()`` per step (per key for dict observations); integer observations are skipped.
+A custom ``VecEnv`` that overrides ``step()`` without going through ``step_wait()`` (none of SB3's does)
+gets only the check of the starting observation.
 """
 
 from __future__ import annotations
