@@ -10,6 +10,7 @@ extras = {
         "pytest>=8",
         "pytest-xdist>=3",
         "pytest-timeout>=2",
+        "hypothesis>=6",
         "ruff>=0.6",
         "mypy>=1.10",
         "types-PyYAML",

@@ -216,3 +216,42 @@ def test_wrong_algorithm_name_in_enjoy(zoo, capsys):
         zoo("enjoy", "--algo", "trpo_penalti", "--env", ENV_ID, "--no-render")
     assert error.value.code == 2
     assert "invalid choice: 'trpo_penalti'" in capsys.readouterr().err
+
+
+def test_checkpoints_and_vec_normalize_statistics_are_saved_atomically(zoo, tmp_path, monkeypatch):
+    """Through the entry point, rl_zoo3's ``VecNormalize.save`` calls are atomic; the checkpoints are, by ``save()``."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from sb3_trpo.common import files
+
+    saved_statistics = []
+    atomic = files.save_vec_normalize
+
+    def spy(vec_normalize, save_path):
+        saved_statistics.append(Path(save_path).name)
+        atomic(vec_normalize, save_path)
+
+    monkeypatch.setattr(files, "save_vec_normalize", spy)
+    zoo(
+        "train",
+        "--algo",
+        "trpo",
+        "--env",
+        ENV_ID,
+        "-f",
+        "logs",
+        *FAST_TRAIN,
+        *FAST_PARAMS,
+        "normalize:True",
+        "--save-freq",
+        "128",
+    )
+
+    run = tmp_path / "logs" / "trpo" / f"{ENV_ID}_1"
+    assert "vecnormalize.pkl" in saved_statistics
+    assert VecNormalize.save is not spy  # only inside the entry point
+    checkpoints = sorted(run.glob("rl_model_*_steps.zip"))
+    assert checkpoints
+    for checkpoint in checkpoints:
+        assert TRPO.load(checkpoint, device="cpu").num_timesteps > 0
+    assert not list(tmp_path.rglob("*.tmp"))  # no temporary file left behind

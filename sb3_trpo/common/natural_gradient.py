@@ -131,6 +131,7 @@ class LineSearchResult(Generic[Evaluation]):
     step_fraction: float  # the k-th candidate is shrinking_factor**k; 0.0 when none was accepted
     n_backtracks: int  # candidates rejected before the accepted one (all of them on failure)
     evaluation: Evaluation | None  # what ``evaluate`` returned for the accepted candidate
+    full_step_evaluation: Evaluation | None = None  # the first candidate's, θ_old + Δ (accepted or not)
 
 
 def backtracking_line_search(
@@ -140,6 +141,7 @@ def backtracking_line_search(
     is_acceptable: Callable[[Evaluation], bool],
     shrinking_factor: float,
     max_iter: int,
+    invalid_candidate: Callable[[Exception], Evaluation | None] | None = None,
 ) -> LineSearchResult[Evaluation]:
     """Try ``θ_old + shrinking_factor^k · Δ`` for ``k = 0, ..., max_iter − 1``; keep the first acceptable one.
 
@@ -147,18 +149,40 @@ def backtracking_line_search(
     the KL on the batch); ``is_acceptable`` decides (TRPO: the surrogate improved, ``KL <= δ``,
     everything finite). When no candidate is accepted, or ``evaluate`` raises, the parameters are
     restored bit for bit to their values on entry.
+
+    A candidate can be invalid rather than bad: a step so long that the policy it gives cannot be
+    built (torch refuses a scale that overflows or underflows). ``invalid_candidate(error)`` turns
+    such an error of ``evaluate()`` into the evaluation recorded for the candidate, which is rejected
+    without asking ``is_acceptable``, and the search shrinks as for any rejected candidate; for any
+    other error it returns None and the error propagates (after the parameters are restored), as do
+    errors that are not ``Exception``\\ s (``KeyboardInterrupt``).
     """
     saved = [param.detach().clone() for param in params]
-    fraction = 1.0
+    fraction, full_step_evaluation = 1.0, None
     try:
         for k in range(max_iter):
             add_flat_to_params(params, saved, fraction * full_step)
-            evaluation = evaluate()
-            if is_acceptable(evaluation):
-                return LineSearchResult(True, fraction, k, evaluation)
+            valid, evaluation = _evaluate_candidate(evaluate, invalid_candidate)
+            if k == 0:
+                full_step_evaluation = evaluation
+            if valid and is_acceptable(evaluation):
+                return LineSearchResult(True, fraction, k, evaluation, full_step_evaluation)
             fraction *= shrinking_factor
     except BaseException:
         restore_params(params, saved)  # an evaluation that raises leaves no candidate behind
         raise
     restore_params(params, saved)
-    return LineSearchResult(False, 0.0, max_iter, None)
+    return LineSearchResult(False, 0.0, max_iter, None, full_step_evaluation)
+
+
+def _evaluate_candidate(
+    evaluate: Callable[[], Evaluation], invalid_candidate: Callable[[Exception], Evaluation | None] | None
+) -> tuple[bool, Evaluation]:
+    """``(True, evaluate())``, or ``(False, invalid_candidate(error))`` for an error that marks the candidate invalid."""
+    try:
+        return True, evaluate()
+    except Exception as error:
+        replacement = None if invalid_candidate is None else invalid_candidate(error)
+        if replacement is None:
+            raise
+        return False, replacement

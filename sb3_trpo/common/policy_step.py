@@ -66,6 +66,28 @@ class PolicyEvaluation:
         return math.isfinite(self.objective) and math.isfinite(self.kl_mean) and math.isfinite(self.kl_max)
 
 
+INVALID_EVALUATION = PolicyEvaluation(math.nan, math.nan, math.nan)
+"""The evaluation of parameters whose action distribution cannot be built: not finite, never acceptable."""
+
+
+def is_invalid_distribution_error(error: BaseException) -> bool:
+    """Whether ``error`` is torch refusing a distribution's parameters (``validate_args``).
+
+    A step that is far too long gives scales that underflow to 0 or overflow to ``inf``, or NaN means;
+    ``torch.distributions`` then raises ``ValueError("Expected parameter <name> ... to satisfy the
+    constraint ...")``. ``tests/test_reliability.py`` checks that the installed torch still words it so.
+    """
+    return isinstance(error, ValueError) and str(error).startswith("Expected parameter ")
+
+
+def invalid_candidate(error: Exception) -> PolicyEvaluation | None:
+    """:data:`INVALID_EVALUATION` where ``error`` means the candidate's distribution is invalid, else None.
+
+    The line search's ``invalid_candidate``: such a candidate is rejected and the search shrinks.
+    """
+    return INVALID_EVALUATION if is_invalid_distribution_error(error) else None
+
+
 def surrogate_objective(
     log_prob: th.Tensor, behaviour_log_prob: th.Tensor, advantages: th.Tensor, mask: th.Tensor | None = None
 ) -> th.Tensor:

@@ -12,16 +12,32 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 
-def require(condition: bool, name: str, accepted: str, value: object) -> None:
-    """Raise ``ValueError("<name> must be <accepted>, got <value>")`` unless ``condition`` holds."""
+
+class ContribAssertionError(ValueError, AssertionError):
+    """A ``ValueError`` that is also the ``AssertionError`` sb3-contrib (or SB3) raises for the same input.
+
+    Code written for ``sb3_contrib.TRPO`` may catch ``AssertionError`` where sb3-contrib asserts (a
+    rollout of one transition with advantage normalisation, an unsupported action space); this error
+    keeps such code working while being the ``ValueError`` this package raises for bad input.
+    """
+
+
+def require(condition: bool, name: str, accepted: str, value: object, error: type[ValueError] = ValueError) -> None:
+    """Raise ``error("<name> must be <accepted>, got <value>")`` (a ``ValueError``) unless ``condition`` holds."""
     if not condition:
-        raise ValueError(f"{name} must be {accepted}, got {value!r}")
+        raise error(f"{name} must be {accepted}, got {value!r}")
 
 
 def is_integer(value: object) -> bool:
     """True for Python and NumPy integers, False for bools and floats."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_boolean(value: object) -> bool:
+    """True for ``True``/``False`` and NumPy's booleans; not for 0, 1 or strings."""
+    return isinstance(value, (bool, np.bool_))
 
 
 def is_number(value: object) -> bool:
@@ -40,6 +56,11 @@ class Rule:
 def integer(minimum: int) -> Rule:
     """An integer ``>= minimum``."""
     return Rule(f"an integer >= {minimum}", lambda value: is_integer(value) and value >= minimum)
+
+
+def boolean() -> Rule:
+    """``True`` or ``False``."""
+    return Rule("True or False", is_boolean)
 
 
 def number(low: float = -math.inf, high: float = math.inf, *, open_low: bool = False, open_high: bool = False) -> Rule:
@@ -67,3 +88,18 @@ def validate(rules: Mapping[str, Rule], values: Mapping[str, Any]) -> None:
     for name, rule in rules.items():
         if name in values:
             require(rule.check(values[name]), name, rule.accepted, values[name])
+
+
+def is_device(value: object) -> bool:
+    """``"auto"``, a ``torch.device`` or a name torch parses as one (``"cpu"``, ``"cuda:1"``)."""
+    import torch as th
+
+    if isinstance(value, th.device) or value == "auto":
+        return True
+    if not isinstance(value, str):
+        return False
+    try:
+        th.device(value)
+    except (RuntimeError, ValueError):
+        return False
+    return True

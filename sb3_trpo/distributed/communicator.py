@@ -43,6 +43,10 @@ class Communicator:
         if not dist.is_initialized():
             if cuda:
                 th.cuda.set_device(self.local_rank)
+            else:
+                # Gloo's eager full-mesh connect gives up after a few quick retries when one rank reaches it
+                # late (a loaded machine, a restart by torchrun --max-restarts); lazily, it connects on first use.
+                os.environ.setdefault("TORCH_GLOO_LAZY_INIT", "1")
             dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.n_collectives = 0  # how many collectives this process took part in (the cost to design around)

@@ -97,6 +97,7 @@ class RecurrentTRPO(TRPO):
         kept whole. Sequences differ in length, so the share of states is only about ``1/k``.
     """
 
+    SAVED_ALGORITHM: ClassVar[str] = "RecurrentTRPO"
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpLstmPolicy": MlpLstmPolicy,
         "CnnLstmPolicy": CnnLstmPolicy,

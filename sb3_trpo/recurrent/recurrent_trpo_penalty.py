@@ -26,4 +26,5 @@ class RecurrentTRPOPenalty(RecurrentTRPO, TRPOPenalty):
         through the LSTM from its start, so a step is never cut off from its history.
     """
 
+    SAVED_ALGORITHM: ClassVar[str] = "RecurrentTRPOPenalty"
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = RecurrentTRPO.policy_aliases

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -40,6 +41,7 @@ from sb3_trpo.common.backends import (
     TorchCritic,
     actor_parameters,
 )
+from sb3_trpo.common.files import CheckedFilesAlgorithm
 from sb3_trpo.common.fisher import KL_ACTION_REDUCTIONS
 from sb3_trpo.common.natural_gradient import (
     LineSearchResult,
@@ -47,9 +49,29 @@ from sb3_trpo.common.natural_gradient import (
     conjugate_gradient,
     trust_region_step_scale,
 )
-from sb3_trpo.common.policy_step import ActorProblem, PolicyBatch, PolicyEvaluation, PolicyObjective, surrogate_objective
+from sb3_trpo.common.observations import finite_observations
+from sb3_trpo.common.policy_step import (
+    ActorProblem,
+    PolicyBatch,
+    PolicyEvaluation,
+    PolicyObjective,
+    invalid_candidate,
+    surrogate_objective,
+)
 from sb3_trpo.common.reduction import batch_mean, batch_std
-from sb3_trpo.common.validation import Rule, integer, is_number, number, one_of, require, validate
+from sb3_trpo.common.validation import (
+    ContribAssertionError,
+    Rule,
+    boolean,
+    integer,
+    is_device,
+    is_integer,
+    is_number,
+    number,
+    one_of,
+    require,
+    validate,
+)
 from sb3_trpo.distributed import DISTRIBUTED_MODES
 from sb3_trpo.distributed.algorithm import DataParallelOnPolicyAlgorithm
 from sb3_trpo.trpo.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
@@ -85,8 +107,18 @@ HYPERPARAMETERS: dict[str, Rule] = {
     "actor_method": one_of(ACTOR_METHODS),
     "critic_method": one_of(CRITIC_METHODS),
     "distributed": one_of(DISTRIBUTED_MODES),
+    "normalize_advantage": boolean(),
+    "use_sde": boolean(),
+    "sde_sample_freq": integer(-1),
+    "stats_window_size": integer(1),
+    "verbose": integer(0),
+    "seed": Rule("None or an integer in [0, 2**32 - 1]", lambda v: v is None or (is_integer(v) and 0 <= v < 2**32)),
+    "policy_kwargs": Rule("None or a dict", lambda v: v is None or isinstance(v, dict)),
+    "rollout_buffer_kwargs": Rule("None or a dict", lambda v: v is None or isinstance(v, dict)),
+    "tensorboard_log": Rule("None or a path", lambda v: v is None or isinstance(v, (str, os.PathLike))),
+    "device": Rule('"auto", a torch device or its name ("cpu", "cuda:0", ...)', is_device),
 }
-"""What each of TRPO's own hyperparameters accepts: checked at construction, named once."""
+"""What each hyperparameter accepts (TRPO's own and those it passes to SB3): checked at construction, named once."""
 
 __all__ = ["TRPO", "PolicyBatch", "PolicyUpdateStats", "surrogate_objective"]
 
@@ -103,6 +135,7 @@ class PolicyUpdateStats:
     cg_residual: float = math.nan
     step_size: float = 0.0  # ‖Δ‖ of the accepted step
     skipped: bool = False  # non-finite numbers: the update was skipped
+    full_step: PolicyEvaluation | None = None  # the line search's first candidate, θ_old + Δ (NaN: invalid)
 
     @property
     def line_search_success(self) -> bool:
@@ -148,10 +181,11 @@ class PolicyUpdateStats:
             cg_iterations=cg_iterations,
             cg_residual=cg_residual,
             step_size=th.linalg.vector_norm(step).item() if result.accepted else 0.0,
+            full_step=result.full_step_evaluation,
         )
 
 
-class TRPO(DataParallelOnPolicyAlgorithm):
+class TRPO(DataParallelOnPolicyAlgorithm, CheckedFilesAlgorithm):
     """
     Trust Region Policy Optimization (TRPO), a drop-in replacement for ``sb3_contrib.TRPO``.
 
@@ -244,7 +278,6 @@ class TRPO(DataParallelOnPolicyAlgorithm):
         environments (seeded ``seed + rank · n_envs``), every rank runs the single-process update on the
         union of the ranks' rollouts, ``num_timesteps`` and ``total_timesteps`` count every rank's steps,
         and rank 0 logs and saves (``docs/guide/distributed.rst``).
-
     :param kl_action_reduction: How the KL of one state adds up over independent action dimensions
         (diagonal Gaussian and Bernoulli actions): ``"sum"`` (default), the KL of the joint action
         distribution, as in the paper; or ``"mean"``, averaged over the dimensions, as
@@ -256,6 +289,9 @@ class TRPO(DataParallelOnPolicyAlgorithm):
     policy object), never during an update: ``model.backends`` says which, and with ``verbose >= 1``
     the choice is printed with the reason each accelerator was not used.
     """
+
+    SAVED_ALGORITHM: ClassVar[str] = "TRPO"
+    """What :func:`~sb3_trpo.common.files.saved_algorithm` calls the files this class loads."""
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpPolicy": MlpPolicy,
@@ -302,6 +338,8 @@ class TRPO(DataParallelOnPolicyAlgorithm):
         distributed: str = "auto",
     ):
         validate(HYPERPARAMETERS, locals())
+        if not callable(learning_rate):  # a number (validated): SB3's schedule takes Python's, not NumPy's float32
+            learning_rate = float(learning_rate)
         super().__init__(
             policy,
             env,
@@ -461,6 +499,7 @@ class TRPO(DataParallelOnPolicyAlgorithm):
             "env (its action space)",
             "one of Box, Discrete, MultiDiscrete, MultiBinary",
             self.action_space,
+            ContribAssertionError,  # SB3 asserts here
         )
         buffer_size = self.env.num_envs * self.n_steps
         if normalize_advantage:
@@ -469,6 +508,7 @@ class TRPO(DataParallelOnPolicyAlgorithm):
                 "n_steps * n_envs",
                 f"> 1 when normalize_advantage=True (n_steps={self.n_steps}, n_envs={self.env.num_envs})",
                 buffer_size,
+                ContribAssertionError,  # sb3_contrib.TRPO asserts here
             )
         if buffer_size % batch_size > 0:
             warnings.warn(
@@ -483,9 +523,15 @@ class TRPO(DataParallelOnPolicyAlgorithm):
     def collect_rollouts(
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
     ) -> bool:
-        """SB3's ``collect_rollouts``, run by the rollout backend; data-parallel, the ranks then exchange their rollouts."""
+        """SB3's ``collect_rollouts``, run by the rollout backend; data-parallel, the ranks then exchange their rollouts.
+
+        Whatever the backend, the observations are checked where they enter (:func:`finite_observations`):
+        the first non-finite one raises a ``ValueError`` naming the environment and the step, before any
+        policy, environment or buffer sees it.
+        """
         start = self.num_timesteps
-        completed = self.backends.rollout.collect(self, env, callback, rollout_buffer, n_rollout_steps)
+        with finite_observations(env, self._last_obs, self.num_timesteps):
+            completed = self.backends.rollout.collect(self, env, callback, rollout_buffer, n_rollout_steps)
         return self._exchange_rollouts(rollout_buffer, self.num_timesteps - start, completed)
 
     def train(self) -> None:
@@ -557,6 +603,7 @@ class TRPO(DataParallelOnPolicyAlgorithm):
             lambda candidate: self._is_acceptable(candidate, problem.before),
             self.line_search_shrinking_factor,
             self.line_search_max_iter,
+            invalid_candidate,  # a candidate whose distribution torch refuses is rejected: the search shrinks
         )
         return PolicyUpdateStats.of_line_search(problem, result, full_step, cg.iterations, cg.residual_norm)
 
@@ -584,19 +631,32 @@ class TRPO(DataParallelOnPolicyAlgorithm):
         return PolicyUpdateStats(problem.before, skipped=True)
 
     def _fit_critic(self) -> CriticFitResult:
-        """Regress the value function on the GAE returns with the critic backend; the actor never moves."""
-        buffer = self._train_buffer
+        """Regress the value function on the GAE returns with the critic backend; the actor never moves.
+
+        The whole fit is skipped (with a warning, counted once in ``n_skipped_critic_steps``) when the returns
+        are not finite, or when the learning rate that ``learning_rate``'s schedule gives now is not a finite
+        number >= 0: Adam would write it into every parameter of the critic, whichever backend steps.
+        """
+        learning_rates, buffer = [group["lr"] for group in self.policy.optimizer.param_groups], self._train_buffer
         if not np.isfinite(buffer.returns).all():
-            self.n_skipped_critic_steps += 1
-            warnings.warn(
-                f"{type(self).__name__}: critic fit {self._n_updates} skipped, non-finite returns.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return CriticFitResult()
+            return self._skip_critic_fit("non-finite returns")
+        if not all(is_number(lr) and lr >= 0 for lr in learning_rates):
+            progress = self._current_progress_remaining
+            return self._skip_critic_fit(f"the learning-rate schedule gave {learning_rates[0]!r} at progress {progress:.3g}")
         result = self.backends.critic.fit(buffer, self.batch_size, self.n_critic_updates)
         self.n_skipped_critic_steps += result.n_skipped_steps
         return result
+
+    def _skip_critic_fit(self, reason: str) -> CriticFitResult:
+        """Leave the critic untouched, warn, and count the skipped fit."""
+        self.n_skipped_critic_steps += 1
+        warnings.warn(
+            f"{type(self).__name__}: critic fit {self._n_updates} skipped ({reason}); "
+            f"the critic is unchanged ({self.n_skipped_critic_steps} skipped so far).",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return CriticFitResult()
 
     def _value_loss(self, data: Any) -> th.Tensor:
         """Mean squared error of the critic on a minibatch of the rollout buffer (the reference critic's loss)."""

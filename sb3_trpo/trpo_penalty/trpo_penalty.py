@@ -8,13 +8,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch as th
+from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv
 
 from sb3_trpo.common.backends import CriticFitResult
 from sb3_trpo.common.kl_penalty import adapt_kl_coefficient
 from sb3_trpo.common.natural_gradient import restore_params
-from sb3_trpo.common.policy_step import PolicyBatch, PolicyEvaluation, PolicyObjective
+from sb3_trpo.common.policy_step import PolicyBatch, PolicyEvaluation, PolicyObjective, is_invalid_distribution_error
 from sb3_trpo.common.reduction import batch_mean
 from sb3_trpo.common.validation import Rule, integer, number, one_of, require, validate
 from sb3_trpo.trpo.trpo import TRPO, PolicyUpdateStats
@@ -42,8 +43,9 @@ class TRPOPenalty(TRPO):
     penalised problem; the constrained TRPO exists because no fixed ``β`` suits every problem, or
     even one whole run. Here ``β`` adapts to the measured KL: above ``target_kl · kl_tolerance``
     it is multiplied by ``beta_factor``, below ``target_kl / kl_tolerance`` divided by it, and it is
-    clipped to ``[beta_min, beta_max]``. A natural step whose backtracking safeguard rejects every
-    candidate counts as a step that went too far (``β`` grows).
+    clipped to ``[beta_min, beta_max]``. When the natural step's backtracking safeguard rejects every
+    candidate, ``β`` follows the KL of the full step ``x / β`` (see :meth:`_measured_kl`): a failed
+    search by itself is not counted as a step that went too far.
 
     Everything else is TRPO's: rollouts, advantages, the critic fit, the Fisher-vector products, the
     backends and the diagnostics. The constructor takes TRPO's parameters (positional ones in TRPO's
@@ -69,6 +71,7 @@ class TRPOPenalty(TRPO):
     :param policy_batch_size: Minibatch size of the first-order optimiser, ``>= 1``
     """
 
+    SAVED_ALGORITHM: ClassVar[str] = "TRPOPenalty"
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = TRPO.policy_aliases
 
     def __init__(
@@ -127,15 +130,43 @@ class TRPOPenalty(TRPO):
     def _policy_step(self, batch: PolicyBatch) -> PolicyUpdateStats:
         stats = super()._policy_step(batch) if self.policy_optimizer == "natural" else self._first_order_step(batch)
         if not stats.skipped:
-            # A natural step rejected by the safeguard went too far for the quadratic model: count it as such.
-            measured_kl = stats.measured.kl(self.kl_constraint) if stats.line_search_success else math.inf
             self.beta = adapt_kl_coefficient(
-                self.beta, measured_kl, self.target_kl, self.kl_tolerance, self.beta_factor, self.beta_min, self.beta_max
+                self.beta,
+                self._measured_kl(stats),
+                self.target_kl,
+                self.kl_tolerance,
+                self.beta_factor,
+                self.beta_min,
+                self.beta_max,
             )
         return stats
 
+    def _measured_kl(self, stats: PolicyUpdateStats) -> float:
+        """The KL that steers ``β``: what the step reached, or what the full step would have reached.
+
+        - A step was accepted: its KL.
+        - The safeguard accepted nothing: the KL of the full step ``Δ = x / β``, the line search's first
+          candidate (``inf`` where torch refused its distribution). A failed search is no evidence of a large
+          KL by itself: with a very large ``β`` the step is so short that its gain is lost in rounding, and
+          counting that as "too far" would raise ``β`` for ever and freeze the actor. Measured, a timid full
+          step lowers ``β`` and a long one raises it, as an accepted step would.
+        - No step was tried (a zero gradient): ``target_kl``, which leaves ``β`` unchanged.
+        """
+        if stats.line_search_success:
+            return stats.measured.kl(self.kl_constraint)
+        if stats.full_step is not None:
+            kl = stats.full_step.kl(self.kl_constraint)
+            return kl if math.isfinite(kl) else math.inf
+        return self.target_kl
+
     def _first_order_step(self, batch: PolicyBatch) -> PolicyUpdateStats:
-        """``n_epochs`` of minibatch Adam on ``−(L − β · KL̄)``, the KL measured against ``π_θold``."""
+        """``n_epochs`` of minibatch Adam on ``−(L − β · KL̄)``, the KL measured against ``π_θold``.
+
+        Nothing half-done is kept: if a loss, a gradient, the parameters after the last step or their
+        evaluation is not finite, or a step gives a distribution torch refuses, the actor and Adam's state go
+        back to ``θ_old`` and the update is skipped (warned and counted); any other exception restores them
+        too before it propagates.
+        """
         problem = self._natural_gradient_problem(batch)
         if not th.isfinite(batch.advantages).all():
             return self._skip_policy_update("non-finite advantages", problem)
@@ -150,8 +181,39 @@ class TRPOPenalty(TRPO):
         ]
         with th.no_grad():  # π_θold on every minibatch, before the first step moves θ
             old_distributions = [copy.copy(self._distribution(batch.subset(index))) for index in minibatches]
-        saved = [param.detach().clone() for param in problem.params]
+        saved_params = [param.detach().clone() for param in problem.params]
+        saved_adam = copy.deepcopy(self.policy_adam.state_dict())
 
+        def restore() -> None:
+            self.policy_adam.zero_grad()
+            restore_params(problem.params, saved_params)
+            self.policy_adam.load_state_dict(saved_adam)
+
+        after: PolicyEvaluation | None = None
+        try:
+            failure = self._first_order_epochs(batch, minibatches, old_distributions, problem.params)
+            if failure is None:
+                after = problem.evaluate()
+                failure = None if after.is_finite() else "non-finite surrogate or KL after the epochs"
+        except BaseException as error:
+            restore()
+            if not is_invalid_distribution_error(error):
+                raise
+            failure = "a step gave an action distribution that torch refuses"
+        if failure is not None:
+            restore()
+            return self._skip_policy_update(failure, problem)
+        self.policy_adam.zero_grad()
+        return PolicyUpdateStats(problem.before, after=after)
+
+    def _first_order_epochs(
+        self,
+        batch: PolicyBatch,
+        minibatches: list[th.Tensor],
+        old_distributions: list[Distribution],
+        params: list[th.nn.Parameter],
+    ) -> str | None:
+        """The Adam steps of :meth:`_first_order_step`; the reason to give up, or None when all were taken."""
         for index, old_distribution in zip(minibatches, old_distributions, strict=True):
             objective = PolicyObjective(batch.subset(index), self.kl_action_reduction)
             distribution = self._distribution(objective.batch)
@@ -159,14 +221,13 @@ class TRPOPenalty(TRPO):
             loss = -(objective.surrogate(distribution) - self.beta * kl)
             self.policy_adam.zero_grad()
             loss.backward()
-            gradients = [param.grad for param in problem.params if param.grad is not None]
+            gradients = [param.grad for param in params if param.grad is not None]
             if not (th.isfinite(loss) and all(th.isfinite(grad).all() for grad in gradients)):
-                self.policy_adam.zero_grad()
-                restore_params(problem.params, saved)
-                return self._skip_policy_update("non-finite penalised loss or gradient", problem)
+                return "non-finite penalised loss or gradient"
             self.policy_adam.step()
-        self.policy_adam.zero_grad()
-        return PolicyUpdateStats(problem.before, after=problem.evaluate())
+        if not all(th.isfinite(param).all() for param in params):
+            return "non-finite parameters after the epochs"
+        return None
 
     def _synchronized_attributes(self) -> list[str]:
         return [*super()._synchronized_attributes(), "beta"]

@@ -5,7 +5,11 @@ The commands and their options are rl_zoo3's own (``train``, ``enjoy``, ``plot_t
 ``plot_from_file``), run by rl_zoo3 itself once :mod:`sb3_trpo.zoo` has registered the algorithms.
 Two things are added: ``train`` with one of our algorithms reads the hyperparameter file shipped with
 this package unless ``--conf-file`` names another, and ``-optimize`` without ``--storage`` keeps its
-study in an SQLite file (:func:`with_default_storage`).
+study in an SQLite file (:func:`with_default_storage`). Two things are made safer: every
+``VecNormalize`` statistics file is written atomically (:func:`~sb3_trpo.common.files.atomic_vec_normalize_saves`;
+the models and checkpoints of our algorithms are, by their ``save()``), and an environment that fails in a
+``--vec-env subproc`` worker is reported as such (:func:`~sb3_trpo.common.workers.explain_worker_failures`)
+instead of as a bare ``EOFError``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pathlib import Path
 
 from rl_zoo3 import cli
 
+from sb3_trpo.common.files import atomic_vec_normalize_saves
+from sb3_trpo.common.workers import explain_worker_failures
 from sb3_trpo.distributed import launched_by_torchrun
 from sb3_trpo.zoo import REGISTERED
 
@@ -113,7 +119,9 @@ def main() -> None:
         sys.argv[2:] = for_this_rank(with_default_storage(with_default_hyperparams(sys.argv[2:])))
     # argparse names the program after sys.argv[0]: "sb3-trpo-zoo train: error: ..."
     sys.argv[0] = f"{program} {command}"
-    cli.main()
+    # Every VecNormalize save atomic (models are: our algorithms' save()), and a dead SubprocVecEnv worker named.
+    with atomic_vec_normalize_saves(), explain_worker_failures():
+        cli.main()
 
 
 if __name__ == "__main__":
