@@ -54,10 +54,23 @@ def worker(env_id: str, steps: int, n_envs: int, out: Path) -> None:
     model.learn(steps)
     seconds = time.perf_counter() - start
     parallel = model._data_parallel
+    latency = None
+    if parallel is not None:  # one small all-reduce, the ranks lined up by a barrier first: the cost of a collective
+        import torch as th
+        import torch.distributed as dist
+
+        token, times = th.zeros(1), []
+        for _ in range(30):
+            dist.barrier()
+            begin = time.perf_counter()
+            dist.all_reduce(token)
+            times.append(time.perf_counter() - begin)
+        latency = float(np.median(times))
     if parallel is None or parallel.is_main:
         figures = {"learn_s": seconds, "steps": model.num_timesteps, "updates": model._n_updates}
         if parallel is not None:
             figures |= {"collectives": parallel.communicator.n_collectives, "collective_s": parallel.communicator.seconds}
+            figures["latency_s"] = latency
         out.write_text(json.dumps(figures))
 
 
@@ -89,12 +102,18 @@ def measure(envs: list[str], processes: int, steps: int, repeats: int) -> dict[s
         n_envs = run_settings("sb3_trpo", env_id).n_envs
         if n_envs % processes:
             raise SystemExit(f"{env_id}: n_envs={n_envs} does not split over {processes} processes")
-        runs: dict[str, list[dict[str, Any]]] = {"1": [], str(processes): []}
+        # "N": the same global batch (n_envs / N per rank); "N×": the same batch per rank (N times the global batch).
+        configurations = {
+            "1": (1, n_envs),
+            str(processes): (processes, n_envs // processes),
+            f"{processes}x": (processes, n_envs),
+        }
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in configurations}
         for repeat in range(repeats):
-            for count in (1, processes):
-                figures = run(env_id, steps, count, n_envs // count)
-                runs[str(count)].append(figures)
-                print(f"{env_id} repeat {repeat}, {count} process(es): {figures}", flush=True)
+            for name, (count, envs_per_rank) in configurations.items():
+                figures = run(env_id, steps, count, envs_per_rank)
+                runs[name].append(figures)
+                print(f"{env_id} repeat {repeat}, {count} process(es) x {envs_per_rank} env(s): {figures}", flush=True)
         results[env_id] = {"n_envs": n_envs, "runs": runs}
     return results
 
@@ -105,13 +124,14 @@ def measure(envs: list[str], processes: int, steps: int, repeats: int) -> dict[s
 def predicted_speedups(single: dict[str, float], parallel: dict[str, float], processes: int) -> dict[str, list[float]]:
     """Speed-ups at 8–256 processes, from the measured split of one process's time and the measured collective cost.
 
-    One process spends ``R`` collecting and ``U`` updating per update. Gathering: ``R/N + U + c·log₂N``
-    (``U`` stays: every rank computes the whole update; one gather whose cost ``c`` per doubling is measured).
-    All-reducing: ``R/N + U/N + k·c·log₂N`` with ``k`` the collectives of one update (gradient, ~25
-    Fisher-vector products, the line search, and one per critic minibatch).
+    One process spends ``R`` collecting and ``U`` updating per update; ``c`` is the measured latency of one
+    small collective between 2 ranks, taken as the cost per doubling of a tree or ring collective (bytes
+    ignored: the payloads here are small). Gathering: ``R/N + U + c·log₂N`` (``U`` stays: every rank
+    computes the whole update). All-reducing: ``R/N + U/N + k·c·log₂N`` with ``k`` the collectives of one
+    update (gradient, the CG products, the line search, and one per critic minibatch).
     """
     rollout, update = single["rollout_s"], single["update_s"]
-    per_doubling = parallel["collective_s"] / max(np.log2(processes), 1.0)
+    per_doubling = parallel["latency_s"] / max(np.log2(processes), 1.0)
     collectives_all_reduce = single["collectives_all_reduce"]
     counts = [1, 2, 8, 32, 128, 256]
     gather = [(rollout + update) / (rollout / n + update + per_doubling * np.log2(n)) for n in counts]
@@ -123,9 +143,10 @@ def predicted_speedups(single: dict[str, float], parallel: dict[str, float], pro
 
 def report(results: dict[str, Any], processes: int) -> str:
     lines = [
-        f"| Task | 1 process: steps/s | {processes} processes: steps/s | speed-up (median [min, max]) "
-        "| collectives per update | time in collectives per update (ms) |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| Task | 1 process: steps/s | {processes} processes, the same global batch: steps/s | speed-up (median [min, max]) "
+        f"| {processes} processes, {processes}× the batch: steps/s | speed-up | collectives per update "
+        "| time in collectives per update (ms, waiting for the other rank included) | one collective (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     predictions = []
     for env_id, result in results.items():
@@ -133,15 +154,24 @@ def report(results: dict[str, Any], processes: int) -> str:
         rate = [run["steps"] / run["learn_s"] for run in single]
         rate_n = [run["steps"] / run["learn_s"] for run in parallel]
         speedups = [b / a for a, b in zip(rate, rate_n, strict=True)]
+        wide = [run["steps"] / run["learn_s"] for run in result["runs"].get(f"{processes}x", [])]
+        wide_cells = "— | —"
+        if wide:
+            wide_speedups = [b / a for a, b in zip(rate, wide, strict=True)]
+            wide_cells = (
+                f"{np.median(wide):.0f} | {np.median(wide_speedups):.2f} [{min(wide_speedups):.2f}, {max(wide_speedups):.2f}]"
+            )
         collectives = np.median([run["collectives"] / run["updates"] for run in parallel])
         collective_ms = np.median([1000 * run["collective_s"] / run["updates"] for run in parallel])
+        latency_ms = 1000 * np.median([run["latency_s"] for run in parallel])
         lines.append(
             f"| {env_id} | {np.median(rate):.0f} | {np.median(rate_n):.0f} | {np.median(speedups):.2f} "
-            f"[{min(speedups):.2f}, {max(speedups):.2f}] | {collectives:.1f} | {format_number(collective_ms, 2)} |"
+            f"[{min(speedups):.2f}, {max(speedups):.2f}] | {wide_cells} | {collectives:.1f} "
+            f"| {format_number(collective_ms, 2)} | {format_number(latency_ms, 2)} |"
         )
         if "split" in result:
             split = result["split"]
-            figures = {"collective_s": collective_ms / 1000}
+            figures = {"latency_s": float(np.median([run["latency_s"] for run in parallel]))}
             prediction = predicted_speedups(split, figures, processes)
             cells = " | ".join(
                 f"{g:.1f}× / {r:.1f}×" for g, r in zip(prediction["gather"], prediction["all_reduce"], strict=True)

@@ -83,15 +83,18 @@ def main() -> None:
             report["divergence"] = str(error)
         (out / f"rank{rank}.json").write_text(json.dumps(report))
         model.save(out / "model")
-    elif mode == "vecnormalize":
+    elif mode in ("vecnormalize", "vecnormalize_rewards_only"):
         from stable_baselines3.common.env_util import make_vec_env
         from stable_baselines3.common.vec_env import VecNormalize
 
-        env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1), gamma=0.9)
+        norm_obs = mode == "vecnormalize"
+        env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1), gamma=0.9, norm_obs=norm_obs)
         model = TRPO("MlpPolicy", env, n_steps=64, batch_size=32, n_critic_updates=1, seed=7, gamma=0.9)
         model.learn(2 * 64 * 2)
-        rms = env.obs_rms
-        report = {"count": rms.count, "mean": rms.mean.tolist(), "var": rms.var.tolist(), "ret_count": env.ret_rms.count}
+        report = {"ret_count": env.ret_rms.count, "ret_var": env.ret_rms.var.tolist()}
+        if norm_obs:
+            rms = env.obs_rms
+            report |= {"count": rms.count, "mean": rms.mean.tolist(), "var": rms.var.tolist()}
         (out / f"rank{rank}.json").write_text(json.dumps(report))
     elif mode == "recurrent":
         model = RecurrentTRPO(
@@ -108,6 +111,24 @@ def main() -> None:
         (out / f"rank{rank}.json").write_text(
             json.dumps({"num_timesteps": model.num_timesteps, "n_updates": model._n_updates})
         )
+    elif mode == "rank_error":  # rank 1's environment returns NaN: rank 1 raises, rank 0 is told and raises too
+        import gymnasium as gym
+
+        class NanAfter(gym.Wrapper):
+            def __init__(self, env: gym.Env, bad_step: int) -> None:
+                super().__init__(env)
+                self.n_steps, self.bad_step = 0, bad_step
+
+            def step(self, action):  # type: ignore[no-untyped-def]
+                observation, *rest = self.env.step(action)
+                self.n_steps += 1
+                return (observation * np.nan if self.n_steps == self.bad_step else observation), *rest
+
+        from stable_baselines3.common.env_util import make_vec_env
+
+        bad_step = 50 if rank == 1 else 10**9
+        env = make_vec_env("CartPole-v1", n_envs=1, wrapper_class=NanAfter, wrapper_kwargs={"bad_step": bad_step})
+        TRPO("MlpPolicy", env, n_steps=32, batch_size=32, n_critic_updates=1, seed=2).learn(10 * 32 * 2)
     elif mode == "fault":  # rank 1 is killed after the first update; rank 0 must stop with an error, not hang
         import signal
 

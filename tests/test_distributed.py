@@ -117,12 +117,14 @@ def test_ranks_stay_in_lockstep_count_every_step_and_a_divergence_is_caught(tmp_
 
 
 @pytest.mark.timeout(300)
-def test_vec_normalize_statistics_merge_every_ranks_observations_once(tmp_path):
-    torchrun("vecnormalize", tmp_path)
+@pytest.mark.parametrize("mode", ["vecnormalize", "vecnormalize_rewards_only"])
+def test_vec_normalize_statistics_merge_every_ranks_observations_once(tmp_path, mode):
+    torchrun(mode, tmp_path)
     reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert reports[0] == reports[1]
     # Each rank normalised its reset observation and 2 × 64 steps' observations: counted once each.
-    assert reports[0]["count"] == pytest.approx(1e-4 + 2 * (1 + 2 * 64), rel=1e-12)
+    if mode == "vecnormalize":
+        assert reports[0]["count"] == pytest.approx(1e-4 + 2 * (1 + 2 * 64), rel=1e-12)
     assert reports[0]["ret_count"] == pytest.approx(1e-4 + 2 * 2 * 64, rel=1e-12)
 
 
@@ -165,19 +167,18 @@ def test_the_zoo_trains_on_two_ranks_and_rank_0_writes_the_model_once(tmp_path, 
     assert model.num_timesteps == 256  # both ranks' steps: 2 ranks × 2 rollouts × 2 envs × 32 steps
 
 
-@pytest.mark.timeout(200)
-def test_a_killed_rank_makes_the_others_stop_with_an_error_not_hang(tmp_path):
+def start_ranks(mode: str, out: Path) -> list[subprocess.Popen]:
+    """Both ranks of ``mode`` as plain processes (no torchrun, which would stop one when the other fails)."""
     import socket
-    import time
 
     with socket.socket() as probe:  # a free port on this machine for the process group's store
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
     base["SB3_TRPO_DISTRIBUTED_TIMEOUT"] = "30"
-    processes = [
+    return [
         subprocess.Popen(
-            [sys.executable, str(WORKER), "fault", str(tmp_path)],
+            [sys.executable, str(WORKER), mode, str(out)],
             env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -185,6 +186,20 @@ def test_a_killed_rank_makes_the_others_stop_with_an_error_not_hang(tmp_path):
         )
         for rank in range(2)
     ]
+
+
+@pytest.mark.timeout(200)
+def test_a_rank_whose_rollout_raises_stops_every_rank_with_its_error(tmp_path):
+    errors = [process.communicate(timeout=180)[1] for process in start_ranks("rank_error", tmp_path)]
+    assert "environment 0 returned a non-finite observation" in errors[1], errors[1][-3000:]
+    assert "rank 1's rollout raised, so every rank stops: ValueError: environment 0" in errors[0], errors[0][-3000:]
+
+
+@pytest.mark.timeout(200)
+def test_a_killed_rank_makes_the_others_stop_with_an_error_not_hang(tmp_path):
+    import time
+
+    processes = start_ranks("fault", tmp_path)
     start = time.monotonic()
     _, errors = processes[0].communicate(timeout=180)
     elapsed = time.monotonic() - start

@@ -632,3 +632,21 @@ def test_vec_env_step_wait_is_left_as_it_was_after_each_rollout():
     model.env.step_wait = sentinel  # someone else's instance attribute
     model.learn(N_STEPS)
     assert vars(model.env)["step_wait"] is sentinel
+
+
+def test_the_observation_check_sits_under_vec_normalize(tmp_path):
+    """Checked before VecNormalize sees the observations (its statistics stay finite), and never pickled with it:
+    a callback that saves VecNormalize during the rollout (rl_zoo3's evaluations, CheckpointCallback) works."""
+    from stable_baselines3.common.callbacks import CheckpointCallback
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    envs = [NanObservationEnv(box_env()), NanObservationEnv(box_env(), bad_step=N_STEPS + 5)]
+    venv = VecNormalize(DummyVecEnv([lambda env=env: env for env in envs]))
+    model = make(TRPO, venv)
+    checkpoints = CheckpointCallback(save_freq=1, save_path=str(tmp_path), save_vecnormalize=True)
+    with pytest.raises(ValueError, match="environment 1 returned a non-finite observation"):
+        model.learn(4 * N_STEPS, callback=checkpoints)
+    assert list(tmp_path.glob("*vecnormalize*.pkl"))  # saved during the rollouts
+    assert np.isfinite(venv.obs_rms.mean).all()
+    assert np.isfinite(venv.obs_rms.var).all()
+    assert "step_wait" not in vars(venv.venv)

@@ -8,11 +8,15 @@ two ways: the observation the rollout starts from (``model._last_obs``, from ``e
 last step of the previous rollout) and the return value of ``env.step()``. :func:`finite_observations`
 checks both, so the loops themselves stay line for line those of SB3 and sb3-contrib.
 
-Design: for the duration of a rollout, the ``step_wait`` of the environment object the loop steps is
-replaced by a checking one (an attribute of that instance, removed afterwards). ``VecEnv.step`` is
-``step_async`` then ``step_wait``, so every step of every loop passes through it; the loop, its
-callbacks and ``callback.locals["env"]`` see the same environment object as always, which a wrapper
-around it would not give them. The check raises before ``step`` returns: nothing non-finite reaches
+Design: for the duration of a rollout, the ``step_wait`` of the innermost vectorised environment (under
+every ``VecEnvWrapper``: ``VecNormalize``, ``VecFrameStack``, ...) is replaced by a checking one (an
+attribute of that instance, removed afterwards). ``VecEnv.step`` is ``step_async`` then ``step_wait``,
+and each wrapper's ``step_wait`` calls its inner environment's, so every step of every loop passes
+through it, before any wrapper has seen the observations (``VecNormalize``'s statistics included); the
+loop, its callbacks and ``callback.locals["env"]`` see the same environment objects as always, which a
+wrapper around them would not give them, and the wrapper objects a callback may save (``VecNormalize``
+is pickled without its inner environment) carry nothing of the check. The check raises before ``step``
+returns: nothing non-finite reaches
 the policy, an environment (as an action) or the rollout buffer, and the terminal observations that
 truncated episodes are bootstrapped from are checked in the same place. Its cost is one
 ``np.isfinite(...).all()`` per step (per key for dict observations); integer observations are skipped.
@@ -27,12 +31,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 REMEDY = (
-    "Nothing non-finite was sent to the environments or stored in the rollout buffer. To find where it comes "
-    "from, wrap the environment in stable_baselines3's VecCheckNan: env = VecCheckNan(env, raise_exception=True) "
-    "(inside VecNormalize, whose statistics a NaN would corrupt)."
+    "Nothing non-finite was sent to the environments, stored in the rollout buffer or added to VecNormalize's "
+    "statistics. To find where it comes from, wrap the environment in stable_baselines3's VecCheckNan: "
+    "env = VecCheckNan(env, raise_exception=True)."
 )
 
 
@@ -80,8 +84,11 @@ def finite_observations(env: VecEnv, start_observations: Any, num_timesteps: int
     if start_observations is not None:
         where = f"at the start of a rollout (timestep {num_timesteps}: from env.reset() or the previous rollout's last step)"
         check_observations(start_observations, where)
-    shadowed = vars(env).get("step_wait")  # someone else's instance attribute, put back afterwards
-    step_wait = env.step_wait
+    inner = env
+    while isinstance(inner, VecEnvWrapper):  # check where the observations come from, before any wrapper
+        inner = inner.venv
+    shadowed = vars(inner).get("step_wait")  # someone else's instance attribute, put back afterwards
+    step_wait = inner.step_wait
     n_steps = 0
 
     def checked_step_wait() -> Any:
@@ -98,11 +105,11 @@ def finite_observations(env: VecEnv, start_observations: Any, num_timesteps: int
                 )
         return observations, rewards, dones, infos
 
-    env.step_wait = checked_step_wait  # type: ignore[method-assign]
+    inner.step_wait = checked_step_wait  # type: ignore[method-assign]
     try:
         yield
     finally:
         if shadowed is None:
-            del env.step_wait
+            del inner.step_wait
         else:
-            env.step_wait = shadowed  # type: ignore[method-assign]
+            inner.step_wait = shadowed  # type: ignore[method-assign]

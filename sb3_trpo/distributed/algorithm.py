@@ -48,6 +48,8 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
             device = rank_device(get_device(device))
             if not self._data_parallel.is_main:  # rank 0 logs and saves
                 verbose, tensorboard_log = 0, None
+            elif verbose >= 1:
+                print(f"Data-parallel training on {self._data_parallel.world_size} ranks (sb3_trpo.distributed)")
         super().__init__(policy, env, device=device, verbose=verbose, tensorboard_log=tensorboard_log, **kwargs)
 
     def _excluded_save_params(self) -> list[str]:
@@ -69,14 +71,18 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
         progress_bar: bool = False,
     ) -> tuple[int, BaseCallback]:
         """SB3's set-up of ``learn()``; data-parallel, every rank first takes rank 0's model (one collective)."""
+        if self.distributed == "off":  # e.g. set by load(..., distributed="off") after the constructor's "auto"
+            self._data_parallel = None
         if self._data_parallel is not None:
             self._data_parallel.synchronize(self, self._synchronized_attributes())
             progress_bar = progress_bar and self._data_parallel.is_main
+            if not self._data_parallel.is_main:  # also after load(), which restores rank 0's saved settings
+                self.verbose, self.tensorboard_log = 0, None
         return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
 
     def _synchronized_attributes(self) -> list[str]:
         """Algorithm state beside the parameters that every rank takes from rank 0 when ``learn()`` starts."""
-        return ["n_skipped_policy_updates", "n_skipped_critic_steps", "_n_updates"]
+        return ["num_timesteps", "_episode_num", "n_skipped_policy_updates", "n_skipped_critic_steps", "_n_updates"]
 
     def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:
         super()._update_info_buffer(infos, dones)
@@ -93,15 +99,22 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
         """SB3's ``save()``; data-parallel, rank 0 saves and the other ranks write nothing."""
         if self._data_parallel is None or self._data_parallel.is_main:
             super().save(path, exclude=exclude, include=include)
+        elif not getattr(self, "_said_rank_saves", False):
+            self._said_rank_saves = True
+            print(f"rank {self._data_parallel.rank}: save() writes nothing here; rank 0 saves the model")
 
-    def _exchange_rollouts(self, rollout_buffer: RolloutBuffer, steps: int, completed: bool) -> bool:
-        """After this rank's rollout (``steps`` steps, ``completed`` unless a callback stopped it): data-parallel,
-        the exchange that gives every rank the union; False on every rank if any rank stopped."""
+    def _exchange_rollouts(
+        self, rollout_buffer: RolloutBuffer, steps: int, completed: bool, error: Exception | None = None
+    ) -> bool:
+        """After this rank's rollout (``steps`` steps, ``completed`` unless a callback stopped it, ``error`` if it
+        raised): data-parallel, the exchange that gives every rank the union; False on every rank if any rank
+        stopped, and an error on every rank if any rank's rollout raised (the others name it)."""
         if self._data_parallel is None:
             return completed
-        return self._data_parallel.after_rollout(self, rollout_buffer, steps, completed)
+        return self._data_parallel.after_rollout(self, rollout_buffer, steps, completed, error)
 
-    def _check_lockstep(self) -> None:
-        """Data-parallel, every ``checksum_interval`` updates: an error if the ranks' parameters differ."""
+    def _after_update(self) -> None:
+        """Data-parallel: this rank's own NumPy stream back, and every ``checksum_interval`` updates an error if the
+        ranks' parameters differ."""
         if self._data_parallel is not None:
-            self._data_parallel.check_lockstep(self, self._n_updates)
+            self._data_parallel.after_update(self, self._n_updates)

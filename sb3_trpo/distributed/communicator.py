@@ -18,7 +18,7 @@ import torch as th
 import torch.distributed as dist
 
 TIMEOUT_ENV = "SB3_TRPO_DISTRIBUTED_TIMEOUT"
-DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_TIMEOUT_S = 1800.0
 
 
 def launched_by_torchrun() -> bool:
@@ -30,7 +30,8 @@ class Communicator:
     """This process's place in the run (``rank`` of ``world_size``) and the collectives the training uses.
 
     :param timeout_s: how long a collective may wait for the other ranks before failing
-        (default: ``$SB3_TRPO_DISTRIBUTED_TIMEOUT`` or 300 s)
+        (default: ``$SB3_TRPO_DISTRIBUTED_TIMEOUT`` or 1800 s, torch's own default;
+        rank 0's evaluations during a rollout count against it)
     :param device: the training device; CUDA devices communicate with NCCL, the CPU with gloo
     """
 

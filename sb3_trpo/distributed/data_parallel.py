@@ -52,6 +52,7 @@ class DataParallel:
         self._episodes: list[dict[str, Any]] = []  # episodes this rank finished during the rollout
         self._successes: list[Any] = []
         self._statistics: dict[str, RunningMeanStd] = {}  # VecNormalize's moments when they were last merged
+        self._own_numpy_state: Any = None  # this rank's NumPy stream, while the update draws from rank 0's
 
     @property
     def rank(self) -> int:
@@ -71,17 +72,19 @@ class DataParallel:
         """Rank 0's parameters, optimiser states, ``attributes`` and ``VecNormalize`` statistics on every rank."""
         vec_normalize = algorithm.get_vec_normalize_env()
         state = {
-            "parameters": algorithm.get_parameters(),
+            "parameters": _to_cpu(algorithm.get_parameters()),  # unpickled on the CPU of every rank, not on GPU 0
             "attributes": {name: getattr(algorithm, name) for name in attributes},
-            "statistics": None if vec_normalize is None else (vec_normalize.obs_rms, vec_normalize.ret_rms),
+            "statistics": None if vec_normalize is None else (getattr(vec_normalize, "obs_rms", None), vec_normalize.ret_rms),
         }
         state = self.communicator.broadcast(state if self.is_main else None)
         if not self.is_main:
-            algorithm.set_parameters(state["parameters"], exact_match=True)
+            algorithm.set_parameters(state["parameters"], exact_match=True, device=algorithm.device)
             for name, value in state["attributes"].items():
                 setattr(algorithm, name, value)
             if vec_normalize is not None:
-                vec_normalize.obs_rms, vec_normalize.ret_rms = copy.deepcopy(state["statistics"])
+                obs_rms, vec_normalize.ret_rms = copy.deepcopy(state["statistics"])
+                if obs_rms is not None:
+                    vec_normalize.obs_rms = obs_rms
         self._statistics = _snapshot(vec_normalize)
 
     # ------------------------------------------------------------------ after each rollout: the union
@@ -94,24 +97,40 @@ class DataParallel:
             if info.get("is_success") is not None and dones is not None and dones[index]:
                 self._successes.append(info["is_success"])
 
-    def after_rollout(self, algorithm: BaseAlgorithm, rollout_buffer: RolloutBuffer, steps: int, completed: bool) -> bool:
+    def after_rollout(
+        self,
+        algorithm: BaseAlgorithm,
+        rollout_buffer: RolloutBuffer,
+        steps: int,
+        completed: bool,
+        error: Exception | None = None,
+    ) -> bool:
         """Exchange the rollouts; False (on every rank) if a callback stopped training on any rank.
 
         :param steps: the environment steps this rank took in the rollout
         :param completed: whether this rank's rollout ran to its end
+        :param error: what this rank's rollout raised, if it did: every rank stops, the others with an error
+            naming it (the raising rank's caller raises its own)
         """
         vec_normalize = algorithm.get_vec_normalize_env()
         payload = {
+            "error": None if error is None else f"{type(error).__name__}: {error}",
             "completed": completed,
             "steps": steps,
             "episodes": self._episodes,
             "successes": self._successes,
-            "arrays": _buffer_arrays(rollout_buffer) if completed else None,
+            "arrays": _buffer_arrays(rollout_buffer) if completed and error is None else None,
             "moments": _moments_since(self._statistics, vec_normalize),
             "numpy_state": np.random.get_state() if self.is_main else None,
         }
         self._episodes, self._successes = [], []
         gathered = self.communicator.all_gather(payload)
+        failed = [(rank, part["error"]) for rank, part in enumerate(gathered) if part["error"] is not None]
+        if error is not None:
+            return False
+        if failed:
+            rank, message = failed[0]
+            raise RuntimeError(f"rank {rank}'s rollout raised, so every rank stops: {message}")
 
         others = [part for rank, part in enumerate(gathered) if rank != self.rank]
         algorithm.num_timesteps += sum(part["steps"] for part in others)
@@ -126,11 +145,19 @@ class DataParallel:
         if not all(part["completed"] for part in gathered):
             return False
         # The update's random draws (the critic's minibatch order) are the same on every rank: rank 0's.
+        self._own_numpy_state = np.random.get_state()
         np.random.set_state(gathered[0]["numpy_state"])
         self.buffer = _union(rollout_buffer, [part["arrays"] for part in gathered])
         return True
 
-    # ------------------------------------------------------------------ lockstep
+    # ------------------------------------------------------------------ after the update
+
+    def after_update(self, algorithm: BaseAlgorithm, n_updates: int) -> None:
+        """This rank's NumPy stream back (rank 0's served the update), then :meth:`check_lockstep`."""
+        if self._own_numpy_state is not None:
+            np.random.set_state(self._own_numpy_state)
+            self._own_numpy_state = None
+        self.check_lockstep(algorithm, n_updates)
 
     def check_lockstep(self, algorithm: BaseAlgorithm, n_updates: int, force: bool = False) -> None:
         """Every ``checksum_interval`` updates (or when ``force``), raise if the ranks' parameters differ."""
@@ -142,6 +169,17 @@ class DataParallel:
                 f"the ranks' parameters diverged after update {n_updates}: checksums {checksums} "
                 "(sum and sum of squares of every parameter, per rank); the update must be deterministic on every rank"
             )
+
+
+def _to_cpu(value: Any) -> Any:
+    """``value`` (nested dicts and lists of tensors, as state dicts are) with every tensor on the CPU."""
+    if isinstance(value, th.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: _to_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(item) for item in value)
+    return value
 
 
 def parameter_checksum(parameters: Iterable[th.Tensor]) -> tuple[float, float]:
@@ -195,9 +233,10 @@ def _snapshot(vec_normalize: Any) -> dict[str, RunningMeanStd]:
     if vec_normalize is None:
         return {}
     statistics = {}
-    obs_rms = vec_normalize.obs_rms
-    for key, rms in obs_rms.items() if isinstance(obs_rms, dict) else [("obs", obs_rms)]:
-        statistics[f"obs/{key}"] = copy.deepcopy(rms)
+    obs_rms = getattr(vec_normalize, "obs_rms", None)  # absent with norm_obs=False
+    if obs_rms is not None:
+        for key, rms in obs_rms.items() if isinstance(obs_rms, dict) else [("obs", obs_rms)]:
+            statistics[f"obs/{key}"] = copy.deepcopy(rms)
     statistics["ret"] = copy.deepcopy(vec_normalize.ret_rms)
     return statistics
 

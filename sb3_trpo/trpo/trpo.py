@@ -530,8 +530,12 @@ class TRPO(DataParallelOnPolicyAlgorithm, CheckedFilesAlgorithm):
         policy, environment or buffer sees it.
         """
         start = self.num_timesteps
-        with finite_observations(env, self._last_obs, self.num_timesteps):
-            completed = self.backends.rollout.collect(self, env, callback, rollout_buffer, n_rollout_steps)
+        try:
+            with finite_observations(env, self._last_obs, self.num_timesteps):
+                completed = self.backends.rollout.collect(self, env, callback, rollout_buffer, n_rollout_steps)
+        except Exception as error:  # data-parallel, the other ranks learn of it in the exchange, then all stop
+            self._exchange_rollouts(rollout_buffer, self.num_timesteps - start, completed=False, error=error)
+            raise
         return self._exchange_rollouts(rollout_buffer, self.num_timesteps - start, completed)
 
     def train(self) -> None:
@@ -542,7 +546,7 @@ class TRPO(DataParallelOnPolicyAlgorithm, CheckedFilesAlgorithm):
         critic = self._fit_critic()
         self._n_updates += 1
         self._log_update(stats, critic)
-        self._check_lockstep()
+        self._after_update()
 
     def _policy_batch(self) -> PolicyBatch:
         """The whole rollout as one batch, every ``sub_sampling_factor``-th item, advantages normalised."""
