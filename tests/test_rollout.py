@@ -254,7 +254,7 @@ def test_same_seed_same_training_with_numpy_rollouts() -> None:
 
 
 def test_the_forked_loop_follows_the_installed_sb3() -> None:
-    """``collect_rollouts_numpy`` and ``TRPO._setup_model`` follow SB3's methods line for line: they must not drift.
+    """``collect_rollouts_numpy``, ``TRPO._setup_model`` and ``DataParallel.record_infos`` follow SB3's methods: no drift.
 
     ``tests/data/sb3_on_policy_algorithm.txt`` holds the source of the SB3 methods they were written
     from; when the installed SB3's differ, re-read the fork against the new loop, then update the file.
@@ -264,8 +264,9 @@ def test_the_forked_loop_follows_the_installed_sb3() -> None:
 
     from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
-    installed = "".join(
-        inspect.getsource(method) for method in (OnPolicyAlgorithm.collect_rollouts, OnPolicyAlgorithm._setup_model)
-    )
+    methods = (OnPolicyAlgorithm.collect_rollouts, OnPolicyAlgorithm._setup_model, OnPolicyAlgorithm._update_info_buffer)
+    installed = "".join(inspect.getsource(method) for method in methods)
     recorded = (Path(__file__).parent / "data" / "sb3_on_policy_algorithm.txt").read_text(encoding="utf-8")
-    assert installed == recorded, "SB3's collect_rollouts or _setup_model changed: update the forks in sb3_trpo"
+    assert installed == recorded, (
+        "SB3's collect_rollouts, _setup_model or _update_info_buffer changed: update sb3_trpo's copies"
+    )

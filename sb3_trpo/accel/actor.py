@@ -18,8 +18,9 @@ The policy gradient of an objective ``L`` of the action distribution is ``Jᵀ �
 backward pass (autograd only on the small graph from ``η`` to ``L``), and line-search candidates are
 one forward pass each. These are the products autograd computes through the same layers, so both
 agree to rounding (``tests/test_mlp_fisher.py`` checks against autograd in float64).
-:class:`PolicyMLPActor` (and :func:`policy_mlp_fisher_vector_product`) recognise the actor; anything
-else gives ``None`` and the caller keeps autograd.
+:class:`MLPActor` is the actor backend built on it, chosen once by the algorithm where
+:func:`actor_unsupported` finds nothing against the policy's spec; elsewhere the reference backend
+(autograd) runs.
 """
 
 from __future__ import annotations

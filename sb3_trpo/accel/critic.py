@@ -490,7 +490,7 @@ def fast_critic_fit(
 def fit_flat_critic(
     spec: MLPSpec, optimizer: th.optim.Optimizer, minibatches: Iterable[tuple[Tensor, Tensor]]
 ) -> CriticFitResult:
-    """Fit an SB3 policy's critic as the autograd loop does, on flat buffers; None (nothing done) if unsupported.
+    """Fit the critic of ``spec`` as the autograd loop does, on flat buffers (the caller checked it is supported).
 
     Equivalent, minibatch for minibatch, to::
 

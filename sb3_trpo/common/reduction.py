@@ -6,9 +6,11 @@ Products written out by hand take the weight of each state in that mean from :fu
 (the MLP actor's Fisher product, which differentiates :func:`batch_mean` itself), or ``1/N`` from
 :func:`mean_scale` and the sum over processes from :func:`sum_across` (the flat critic fit).
 
-In one process these are the plain means. A data-parallel TRPO, where each process collects its own
-rollouts, replaces them with ones that all-reduce the sums and the counts through ``torch.distributed``;
-nothing else in the update has to change.
+In one process these are the plain means. The data-parallel training of :mod:`sb3_trpo.distributed`
+gathers the ranks' batches once per rollout and runs this same update on the union, so it needs nothing
+here; an all-reducing design (each rank updating on its own batch, for large batches and many ranks)
+would replace these functions with ones that all-reduce the sums and the counts, and nothing else in
+the update would change (``docs/guide/distributed.rst`` compares the two).
 """
 
 from __future__ import annotations
@@ -49,5 +51,6 @@ def mean_scale(count: int, like: th.Tensor) -> th.Tensor:
 
 
 def sum_across(tensor: th.Tensor) -> th.Tensor:
-    """``tensor`` summed over the processes that share the batch, in place: in one process, ``tensor`` itself."""
+    """``tensor`` summed over the processes that share the batch, in place: here ``tensor`` itself (one process,
+    or every rank holding the whole gathered batch); the hook of an all-reducing design."""
     return tensor
