@@ -605,8 +605,8 @@ def rollout_minibatches(rollout_buffer: object, batch_size: int, n_epochs: int) 
 class FlatCritic(CriticBackend):
     """The critic backend for SB3's MLP critic with Adam: :func:`fit_flat_critic` on the rollout's minibatches.
 
-    Where the optimizer's state no longer allows it (:func:`critic_unsupported`, checked before each fit,
-    e.g. Adam state restored from elsewhere), that fit runs on ``fallback``, the reference backend, with a
+    Where the optimizer no longer allows it (its settings and state, checked before each fit, e.g. Adam
+    state restored from elsewhere), that fit runs on ``fallback``, the reference backend, with a
     warning.
     """
 
@@ -617,7 +617,8 @@ class FlatCritic(CriticBackend):
 
     def fit(self, rollout_buffer: object, batch_size: int, n_epochs: int) -> CriticFitResult:
         optimizer = self.spec.policy.optimizer
-        reason = critic_unsupported(self.spec, optimizer)
+        # The network was checked when the backend was chosen; the optimizer's state and settings may change since.
+        reason = _adam_unsupported(optimizer, self.spec.critic.parameters())
         if reason is not None:
             import warnings
 
