@@ -113,21 +113,29 @@ class DataParallel:
             naming it (the raising rank's caller raises its own)
         """
         vec_normalize = algorithm.get_vec_normalize_env()
+        arrays = None
+        if completed and error is None:
+            try:
+                arrays = _buffer_arrays(rollout_buffer)
+            except RuntimeError as unusable:  # raised here, it would leave the other ranks waiting in the gather
+                error = unusable
         payload = {
             "error": None if error is None else f"{type(error).__name__}: {error}",
             "completed": completed,
             "steps": steps,
             "episodes": self._episodes,
             "successes": self._successes,
-            "arrays": _buffer_arrays(rollout_buffer) if completed and error is None else None,
+            "arrays": arrays,
             "moments": _moments_since(self._statistics, vec_normalize),
             "numpy_state": np.random.get_state() if self.is_main else None,
         }
         self._episodes, self._successes = [], []
         gathered = self.communicator.all_gather(payload)
         failed = [(rank, part["error"]) for rank, part in enumerate(gathered) if part["error"] is not None]
+        if error is not None and not completed:
+            return False  # this rank's rollout raised: its caller raises that error
         if error is not None:
-            return False
+            raise error
         if failed:
             rank, message = failed[0]
             raise RuntimeError(f"rank {rank}'s rollout raised, so every rank stops: {message}")
