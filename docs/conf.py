@@ -29,6 +29,8 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx_autodoc_typehints",
     "sphinx.ext.mathjax",
+    # MathJax copied into the built site (_static/mathjax) instead of loaded from a CDN: equations render offline.
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
     "sphinx_copybutton",
     # Markdown, for the files kept at the top of the repository (CHANGELOG.md, benchmark tables).
