@@ -181,8 +181,10 @@ def report(results: dict[str, Any], processes: int) -> str:
     if predictions:
         header = " | ".join(f"N = {n}" for n in [1, 2, 8, 32, 128, 256])
         text += (
-            "\n\nPredicted speed-up, gather / all-reduce (from the measured split of one process's time into "
-            "rollouts and update and the measured cost of a collective; `docs/guide/distributed.rst`):\n\n"
+            "\n\nPredicted speed-up, gather / all-reduce, from the measured split of one process's time into "
+            "rollouts and update and the measured cost of a collective, taking a rank's rollout to shrink as 1/N "
+            "(true when environment steps dominate or each rank keeps its environments; not in the same-batch "
+            "runs above, where the per-step cost stays): `docs/guide/distributed.rst`.\n\n"
             f"| Task | {header} |\n|---|" + "---:|" * 6 + "\n" + "\n".join(predictions)
         )
     return text
