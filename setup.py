@@ -15,7 +15,14 @@ extras = {
         "mypy>=1.10",
         "types-PyYAML",
     ],
-    "docs": ["sphinx>=7", "sphinx-rtd-theme>=2", "sphinx-autodoc-typehints>=2", "sphinx-copybutton", "myst-parser>=2", "sphinx-mathjax-offline"],
+    "docs": [
+        "sphinx>=7",
+        "sphinx-rtd-theme>=2",
+        "sphinx-autodoc-typehints>=2",
+        "sphinx-copybutton",
+        "myst-parser>=2",
+        "sphinx-mathjax-offline",
+    ],
     # rl_zoo3's CLI imports its plots, hence [plots], and requests, which it does not declare;
     # optuna>=4 for its journal-file storage (--storage x.log).
     "zoo": ["rl_zoo3[plots]>=2.9.2,<3", "optuna>=4", "requests"],
