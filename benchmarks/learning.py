@@ -110,6 +110,11 @@ PUBLISHED: dict[str, tuple[str, float, float, int]] = {  # task -> (env id, mean
 TARGETS = {"CartPoleNoVel-v1": 400.0}  # the recurrent issue's target; elsewhere the published score is the target
 
 
+def _table(lines: list[str], caption: str) -> str:
+    """A Markdown table (header and rule, then rows) with its caption below, or "" when it has no rows."""
+    return "" if len(lines) == 2 else "\n".join(lines) + caption
+
+
 def published(env_id: str) -> tuple[str, float, float, int] | None:
     return PUBLISHED.get(env_id.rsplit("-v", 1)[0])
 
@@ -490,12 +495,13 @@ def time_table(groups: Groups) -> str:
                 f"| {env_id} | {goal:g} | {algo} | {steps:,} | {sum(hit is not None for hit in reached)} of {len(row)} | "
                 f"{format_number(float(np.median(seconds)), 0) if seconds else 'n/a'} | {per_seed} |"
             )
-    if len(lines) == 2:
-        return ""
-    return "\n".join(lines) + (
-        "\n\nTime to target: training wall-clock time (evaluations excluded, one torch thread per run) until the "
-        "first evaluation of the curve whose mean return reaches the target; the median is over the seeds that "
-        "reached it. n/a: a run from before wall-clock times were recorded.\n"
+    return _table(
+        lines,
+        (
+            "\n\nTime to target: training wall-clock time (evaluations excluded, one torch thread per run) until the "
+            "first evaluation of the curve whose mean return reaches the target; the median is over the seeds that "
+            "reached it. n/a: a run from before wall-clock times were recorded.\n"
+        ),
     )
 
 
@@ -549,12 +555,13 @@ def cost_table(groups: Groups) -> str:
                         else "n/a | n/a | n/a |"
                     )
                 )
-    if len(lines) == 2:
-        return ""
-    return "\n".join(lines) + (
-        "\n\nEvaluations excluded; one torch thread per run. *Of which updates*: the share of the CPU time between "
-        "the end of a rollout and the start of the next (`train()`); the rest collects rollouts. n/a: not recorded "
-        "by older runs.\n"
+    return _table(
+        lines,
+        (
+            "\n\nEvaluations excluded; one torch thread per run. *Of which updates*: the share of the CPU time between "
+            "the end of a rollout and the start of the next (`train()`); the rest collects rollouts. n/a: not recorded "
+            "by older runs.\n"
+        ),
     )
 
 
