@@ -68,6 +68,18 @@ ALGORITHMS: dict[str, Algorithm] = {
     "sb3_trpo_penalty_lstm": Algorithm("sb3_trpo:RecurrentTRPOPenalty", "sb3_trpo:trpo_penalty_lstm.yml"),
     "recurrent_ppo": Algorithm("sb3_contrib:RecurrentPPO", "rl_zoo3:ppo_lstm.yml"),
 }
+# The lag campaign: TRPO on batches ``lag`` updates old (``lagged.py``), the ratio against β (the paper), against
+# π_θk as if the batch were on-policy (the control), or against β truncated at ρ̄ = 1 (IMPALA's).
+LAG_RATIOS: dict[str, dict[str, Any]] = {
+    "behaviour": {"importance_ratio": "behaviour"},
+    "current": {"importance_ratio": "current"},
+    "truncated": {"importance_ratio": "behaviour", "ratio_truncation": 1.0},
+}
+for _lag in (1, 2, 4):
+    for _ratio, _options in LAG_RATIOS.items():
+        ALGORITHMS[f"sb3_trpo_lag{_lag}_{_ratio}"] = Algorithm(
+            "lagged:FixedLagTRPO", "sb3_trpo:trpo.yml", {"policy_lag": _lag, **_options}
+        )
 
 # Keys of an entry that set up the run; all the others are constructor arguments.
 RUN_KEYS = ("n_envs", "n_timesteps", "normalize", "policy")

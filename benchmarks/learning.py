@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -41,7 +42,7 @@ from common import (
     versions,
     write_text,
 )
-from hyperparams import ALGORITHMS, make_env, make_model, run_settings
+from hyperparams import ALGORITHMS, LAG_RATIOS, make_env, make_model, run_settings
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 
@@ -63,6 +64,8 @@ class Campaign:
     final_eval_steps: int | None = None  # rl-zoo's benchmark: every episode that ends within this many steps
     readme_extras: bool = False  # the README block also gets the time-to-target table and the plots
     notes: list[str] = field(default_factory=list)
+    steps: dict[str, int] = field(default_factory=dict)  # task -> training steps, where not the zoo entry's
+    report: Callable[[Groups, Path], str] | None = None  # the campaign's own table (and plots), before the others
 
 
 CAMPAIGNS: dict[str, Campaign] = {
@@ -85,6 +88,23 @@ CAMPAIGNS: dict[str, Campaign] = {
             "a policy must remember past positions. The feed-forward TRPO baseline needs a CartPoleNoVel-v1 entry in "
             "trpo.yml to be run again; its runs here used CartPole-v1's settings with normalize: true and 150k steps."
         ],
+    ),
+    "lag": Campaign(
+        "Returns against policy lag",
+        ("Pendulum-v1", "HalfCheetah-v5"),
+        {"sb3_trpo": 3, **{f"sb3_trpo_lag{lag}_{ratio}": 3 for lag in (1, 2, 4) for ratio in LAG_RATIOS}},
+        "sb3_trpo",
+        steps={"HalfCheetah-v5": 300_000},
+        notes=[
+            "Protocol, fixed before the runs: every batch exactly `lag` updates old (`lagged.py`: the worst case "
+            "`max_policy_lag=lag` allows), collected by θ_{k−lag} and taken as the asynchronous learner takes a "
+            "worker's batch; lag 0 is synchronous TRPO. Seeds 0, 1, 2; the zoo's settings; Pendulum-v1 at its zoo "
+            "budget (100k steps), HalfCheetah-v5 at 300k steps (this machine's budget, not the zoo's 1M); the final "
+            "deterministic return over 20 episodes. The test, per task and lag: the paired difference β − π_θk over "
+            "the seeds (same seeds, same lag); the correction is said to matter where its mean is more than twice its "
+            "standard error, in either direction."
+        ],
+        report=lambda groups, out: lag_report(groups, out),
     ),
     "mujoco": Campaign(
         "MuJoCo at 1M steps",
@@ -320,7 +340,7 @@ def run_campaign(args: argparse.Namespace, campaign: Campaign) -> list[str]:
             if path.exists():
                 continue
             raise SystemExit(error.args[0]) from None
-        steps = steps if args.steps is None else args.steps
+        steps = campaign.steps.get(env_id, steps) if args.steps is None else args.steps
         if path.exists():
             done = json.loads(path.read_text(encoding="utf-8"))["n_timesteps"]
             if done != steps:
@@ -693,6 +713,8 @@ def write_reports(name: str, campaign: Campaign, runs: list[Run], out: Path, rea
         if groups
         else f"No runs yet: `python benchmarks/learning.py --campaign {name}`.\n"
     )
+    if groups and campaign.report is not None:
+        table = campaign.report(groups, out) + "\n" + table
     times = time_table(groups)
     sections = [("Time to target", times), ("KL of the updates", kl_table(groups)), ("Cost", cost_table(groups))]
     body = [table, *(f"## {title}\n\n{text}" for title, text in sections if text), *campaign.notes]
@@ -705,6 +727,82 @@ def write_reports(name: str, campaign: Campaign, runs: list[Run], out: Path, rea
         replace_marked_block(path, f"{name}-table", block + ("\n" + "\n".join(images) if campaign.readme_extras else ""))
         print(f"updated the {name}-table block of {path}")
     return block
+
+
+def lag_of(algo: str) -> tuple[int, str] | None:
+    """``(lag, ratio)`` of a lag campaign's algorithm (``sb3_trpo`` is lag 0, where every ratio is the same)."""
+    if algo == "sb3_trpo":
+        return 0, "behaviour"
+    if not algo.startswith("sb3_trpo_lag"):
+        return None
+    lag, ratio = algo.removeprefix("sb3_trpo_lag").split("_", 1)
+    return int(lag), ratio
+
+
+def lag_report(groups: Groups, out: Path) -> str:
+    """Final return against lag for each ratio, the paired β − π_θk differences and the test; a plot per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"behaviour": "π/β (paper)", "current": "π/π_θk (control)", "truncated": "min(1, π_θk/β) π/π_θk"}
+    sections = []
+    for env_id, rows in groups.items():
+        finals: dict[tuple[int, str], dict[int, float]] = {}
+        for (algo, _), runs in rows.items():
+            key = lag_of(algo)
+            if key is not None:
+                finals[key] = {run["seed"]: run["final_mean"] for run in runs}
+        lags = sorted({lag for lag, _ in finals})
+        lines = [
+            "| lag | " + " | ".join(labels.values()) + " | β − π_θk (per seed) | mean ± s.e. | matters |",
+            "|---|" + "---|" * (len(labels) + 3),
+        ]
+        figure, axis = plt.subplots(figsize=(5, 3.5))
+        for ratio, label in labels.items():
+            points = [
+                (lag, finals[(lag, ratio if lag else "behaviour")])
+                for lag in lags
+                if (lag, ratio if lag else "behaviour") in finals
+            ]
+            if points:
+                means = [float(np.mean(list(values.values()))) for _, values in points]
+                stds = [float(np.std(list(values.values()))) for _, values in points]
+                xs = [lag for lag, _ in points]
+                axis.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
+        for lag in lags:
+            cells = []
+            for ratio in labels:
+                values = finals.get((lag, ratio if lag else "behaviour"))
+                if values:
+                    mean, std = mean_std(list(values.values()))
+                    cells.append(f"{format_number(mean)} ± {format_number(std)} (n={len(values)})")
+                else:
+                    cells.append("")
+            behaviour, current = finals.get((lag, "behaviour"), {}), finals.get((lag, "current"), {})
+            paired = [behaviour[seed] - current[seed] for seed in sorted(behaviour) if seed in current] if lag else []
+            if len(paired) >= 2:
+                mean, error = float(np.mean(paired)), float(np.std(paired, ddof=1) / np.sqrt(len(paired)))
+                verdict = "yes" if abs(mean) > 2 * error else "no"
+                differences = ", ".join(format_number(value) for value in paired)
+                lines.append(
+                    f"| {lag} | "
+                    + " | ".join(cells)
+                    + f" | {differences} | {format_number(mean)} ± {format_number(error)} | {verdict} |"
+                )
+            else:
+                lines.append(f"| {lag} | " + " | ".join(cells) + " | | | |")
+        axis.set_xlabel("policy lag (updates)")
+        axis.set_ylabel("final return")
+        axis.set_title(env_id)
+        axis.legend(fontsize=7)
+        figure.tight_layout()
+        figure.savefig(out / f"lag_{env_id}_returns.png", dpi=120)
+        plt.close(figure)
+        caption = f"\n\n**{env_id}**: final deterministic return (mean ± std over seeds) against the lag of every batch."
+        sections.append(_table(lines, caption) + f"\n![lag_{env_id}_returns](lag_{env_id}_returns.png)\n")
+    return "\n".join(sections)
 
 
 # ---------------------------------------------------------------------- command line

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import launch
 import numpy as np
 import pytest
 import torch as th
@@ -22,22 +23,12 @@ from sb3_trpo import TRPO, TRPOPenalty
 from sb3_trpo.distributed import data_parallel_for, launched_by_torchrun
 
 WORKER = Path(__file__).parent / "distributed_worker.py"
-PORT_RACE = ("Address already in use", "EADDRINUSE")
 UPDATE_SETTINGS = {"n_steps": 64, "batch_size": 32, "n_critic_updates": 3, "seed": 3, "target_kl": 0.02}
 
 
 def torchrun(mode: str, out: Path, timeout: float = 240.0) -> None:
-    """Run ``mode`` of the worker on 2 ranks; fail with both ranks' output if it fails or outlives ``timeout``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SB3_TRPO_DISTRIBUTED_TIMEOUT": "60"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(WORKER), mode]
-    for attempt in range(2):
-        result = subprocess.run(
-            [*command, str(out)], env=env, capture_output=True, text=True, timeout=timeout / 2, check=False
-        )
-        # A port another test took between torchrun's choice and its use: the launch failed, not the code.
-        if result.returncode == 0 or not any(sign in result.stderr for sign in PORT_RACE) or attempt == 1:
-            break
-    assert result.returncode == 0, f"torchrun {mode} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+    """Run ``mode`` of the worker on 2 ranks, with a timeout."""
+    launch.torchrun(WORKER, mode, out, timeout)
 
 
 def set_parameters(model: TRPO, flat: np.ndarray) -> None:

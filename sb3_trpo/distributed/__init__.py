@@ -3,7 +3,9 @@
 - :mod:`~sb3_trpo.distributed.communicator`: the process group (gloo on CPUs, NCCL on GPUs), with a
   timeout on every collective;
 - :mod:`~sb3_trpo.distributed.data_parallel`: synchronous data-parallel TRPO, every rank collecting its
-  own rollouts and every rank running the single-process update on their union.
+  own rollouts and every rank running the single-process update on their union;
+- :mod:`~sb3_trpo.distributed.asynchronous`: one learner and rollout workers that never wait for it,
+  the learner correcting their stale behaviour policy with the importance ratio.
 
 ``TRPO(..., distributed="auto")`` (the default) trains data-parallel when the script was launched by
 ``torchrun`` with more than one process, and exactly as before otherwise.
@@ -16,7 +18,7 @@ import torch as th
 from sb3_trpo.distributed.communicator import Communicator, launched_by_torchrun
 from sb3_trpo.distributed.data_parallel import DataParallel, parameter_checksum
 
-DISTRIBUTED_MODES = ("auto", "off", "sync")
+DISTRIBUTED_MODES = ("auto", "off", "sync", "async")
 
 
 def data_parallel_for(mode: str, device: th.device) -> DataParallel | None:

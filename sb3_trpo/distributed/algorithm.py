@@ -1,5 +1,9 @@
 """An SB3 on-policy algorithm that trains one model on the ranks of a ``torchrun`` launch.
 
+Two ways (``distributed=``): ``"sync"`` (data-parallel, below) and ``"async"`` (one learner and rollout
+workers, :mod:`~sb3_trpo.distributed.asynchronous`; the learner's loop and its use of a worker's batch
+are here, where the buffer and the critic are).
+
 :class:`DataParallelOnPolicyAlgorithm` is SB3's ``OnPolicyAlgorithm`` with what data-parallel training
 changes around the update: rank-offset seeds, rank 0's model on every rank when ``learn()`` starts, the
 exchange after each rollout (:class:`~sb3_trpo.distributed.data_parallel.DataParallel`), the union batch
@@ -10,7 +14,7 @@ nothing of it: it reads its batch from :attr:`_train_buffer`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
@@ -18,18 +22,29 @@ from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import MaybeCallback
-from stable_baselines3.common.utils import get_device
+from stable_baselines3.common.utils import get_device, obs_as_tensor
 
-from sb3_trpo.distributed import data_parallel_for, rank_device
+from sb3_trpo.common.validation import require
+from sb3_trpo.distributed import data_parallel_for, launched_by_torchrun, rank_device
+from sb3_trpo.distributed.asynchronous import AsyncRole, AsyncWorker, WorkerSupervisor, run_child, stack_observations
 from sb3_trpo.distributed.data_parallel import DataParallel
+
+SelfAlgorithm = TypeVar("SelfAlgorithm", bound="DataParallelOnPolicyAlgorithm")
 
 
 class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
     """``OnPolicyAlgorithm`` that trains data-parallel under ``torchrun`` (see :mod:`sb3_trpo.distributed`).
 
     :param distributed: ``"auto"`` (data-parallel when launched by ``torchrun`` with more than one
-        process), ``"sync"`` (always) or ``"off"``; the other arguments are ``OnPolicyAlgorithm``'s.
+        process), ``"sync"`` (always), ``"async"`` (rank 0 learns, the other ranks collect rollouts)
+        or ``"off"``
+    :param max_policy_lag: asynchronous training: the learner drops batches whose behaviour policy is
+        more than this many versions (updates) behind its own; 0 makes each worker wait for the update
+        on its last batch (synchronous TRPO). The other arguments are ``OnPolicyAlgorithm``'s.
     """
+
+    ASYNC_SUPPORTED: ClassVar[bool] = True
+    """Whether the learner can take a worker's batch (``distributed="async"``)."""
 
     def __init__(
         self,
@@ -37,30 +52,77 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
         env: Any,
         *,
         distributed: str = "auto",
+        max_policy_lag: int = 4,
         device: th.device | str = "auto",
         verbose: int = 0,
         tensorboard_log: str | None = None,
         **kwargs: Any,
     ) -> None:
-        self.distributed = distributed
-        self._data_parallel: DataParallel | None = data_parallel_for(distributed, get_device(device))
-        if self._data_parallel is not None:
+        self.distributed, self.max_policy_lag = distributed, max_policy_lag
+        self._async: AsyncRole | None = None
+        self._async_truncations: list[tuple[int, int, Any]] | None = None  # a worker's rollout: what to bootstrap
+        self._async_episodes: list[dict[str, Any]] = []
+        self._async_successes: list[Any] = []
+        self._data_parallel: DataParallel | None = None
+        if distributed == "async":
+            require(
+                type(self).ASYNC_SUPPORTED,
+                "distributed",
+                f'"auto", "sync" or "off" for {type(self).__name__} (its learner cannot take a worker\'s batch)',
+                distributed,
+            )
+            require(
+                launched_by_torchrun(),
+                "distributed",
+                '"auto", "sync" or "off" here: "async" needs torchrun with 2 or more processes '
+                "(rank 0 learns, the others collect)",
+                distributed,
+            )
+            self._async = AsyncRole.from_environment(max_policy_lag)
+            role = f"learner (rank 0) with {self._async.world_size - 1} rollout worker(s)"
+        else:
+            self._data_parallel = data_parallel_for(distributed, get_device(device))
+            role = f"data-parallel training on {self._data_parallel.world_size} ranks" if self._data_parallel else ""
+        if self._async is not None or self._data_parallel is not None:
             device = rank_device(get_device(device))
-            if not self._data_parallel.is_main:  # rank 0 logs and saves
+            if not self._is_main:  # rank 0 logs and saves
                 verbose, tensorboard_log = 0, None
             elif verbose >= 1:
-                print(f"Data-parallel training on {self._data_parallel.world_size} ranks (sb3_trpo.distributed)")
+                print(f"{role[0].upper()}{role[1:]} (sb3_trpo.distributed, distributed={distributed!r})")
         super().__init__(policy, env, device=device, verbose=verbose, tensorboard_log=tensorboard_log, **kwargs)
+
+    @property
+    def _rank(self) -> int:
+        """This process's rank (0 when training alone)."""
+        if self._async is not None:
+            return self._async.rank
+        return 0 if self._data_parallel is None else self._data_parallel.rank
+
+    @property
+    def _is_main(self) -> bool:
+        """Whether this process logs and saves: rank 0, or the only process."""
+        return self._rank == 0
+
+    def _behaviour_may_lag(self) -> bool:
+        """Whether a batch's behaviour policy β can differ from the policy at the start of the update."""
+        return self._async is not None
 
     def _excluded_save_params(self) -> list[str]:
         # The process group belongs to this run, not to the model: a model trained on many ranks loads on one.
-        return [*super()._excluded_save_params(), "_data_parallel", "distributed"]
+        return [
+            *super()._excluded_save_params(),
+            "_data_parallel",
+            "distributed",
+            "_async",
+            "_async_truncations",
+            "_async_episodes",
+            "_async_successes",
+        ]
 
     def set_random_seed(self, seed: int | None = None) -> None:
-        """SB3's seeding; on rank ``r`` of a data-parallel run, ``seed + r · n_envs``: the ranks' environments
+        """SB3's seeding; on rank ``r`` of a multi-process run, ``seed + r · n_envs``: the ranks' environments
         are seeded as one process's ``n_envs × world_size`` environments would be, and no two ranks draw alike."""
-        offset = 0 if self._data_parallel is None else self._data_parallel.rank * self.n_envs
-        super().set_random_seed(None if seed is None else seed + offset)
+        super().set_random_seed(None if seed is None else seed + self._rank * self.n_envs)
 
     def _setup_learn(
         self,
@@ -72,7 +134,7 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
     ) -> tuple[int, BaseCallback]:
         """SB3's set-up of ``learn()``; data-parallel, every rank first takes rank 0's model (one collective)."""
         if self.distributed == "off":  # e.g. set by load(..., distributed="off") after the constructor's "auto"
-            self._data_parallel = None
+            self._data_parallel = self._async = None
         if self._data_parallel is not None:
             self._data_parallel.synchronize(self, self._synchronized_attributes())
             progress_bar = progress_bar and self._data_parallel.is_main
@@ -88,6 +150,17 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
         super()._update_info_buffer(infos, dones)
         if self._data_parallel is not None:
             self._data_parallel.record_infos(infos, dones)
+        if self._async_truncations is not None:  # an asynchronous worker's rollout: what the learner needs
+            for index, info in enumerate(infos):
+                if info.get("episode") is not None:
+                    self._async_episodes.append(info["episode"])
+                if dones is None or not dones[index]:
+                    continue
+                if info.get("is_success") is not None:
+                    self._async_successes.append(info["is_success"])
+                # SB3 bootstraps a truncated episode (rewards += γ V(terminal)) at the step it is about to add.
+                if info.get("terminal_observation") is not None and info.get("TimeLimit.truncated", False):
+                    self._async_truncations.append((self.rollout_buffer.pos, index, info["terminal_observation"]))
 
     @property
     def _train_buffer(self) -> RolloutBuffer:
@@ -97,11 +170,11 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
 
     def save(self, path: Any, exclude: Any = None, include: Any = None) -> None:
         """SB3's ``save()``; data-parallel, rank 0 saves and the other ranks write nothing."""
-        if self._data_parallel is None or self._data_parallel.is_main:
+        if self._is_main:
             super().save(path, exclude=exclude, include=include)
         elif not getattr(self, "_said_rank_saves", False):
             self._said_rank_saves = True
-            print(f"rank {self._data_parallel.rank}: save() writes nothing here; rank 0 saves the model")
+            print(f"rank {self._rank}: save() writes nothing here; rank 0 saves the model")
 
     def _exchange_rollouts(
         self, rollout_buffer: RolloutBuffer, steps: int, completed: bool, error: Exception | None = None
@@ -118,3 +191,156 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
         ranks' parameters differ."""
         if self._data_parallel is not None:
             self._data_parallel.after_update(self, self._n_updates)
+
+    # ------------------------------------------------------------------ asynchronous training
+
+    def learn(
+        self: SelfAlgorithm,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "OnPolicyAlgorithm",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfAlgorithm:
+        """SB3's ``learn()``; asynchronous, the learner's loop on rank 0 and a rollout worker on the others.
+
+        On a worker rank it returns when the learner has finished; the worker's model is not the trained one.
+        """
+        if self._async is None:
+            return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+        if self._async.is_main:
+            return self._learn_as_learner(
+                total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar
+            )
+        self._run_as_worker(total_timesteps, tb_log_name)
+        return self
+
+    def _learn_as_learner(
+        self: SelfAlgorithm,
+        total_timesteps: int,
+        callback: MaybeCallback,
+        log_interval: int,
+        tb_log_name: str,
+        reset_num_timesteps: bool,
+        progress_bar: bool,
+    ) -> SelfAlgorithm:
+        """SB3's ``learn()`` loop, with the workers' batches in place of this process's rollouts.
+
+        Callbacks see the steps of every batch received (one ``on_step`` per ``n_envs`` steps, between
+        ``on_rollout_start`` and ``on_rollout_end``), so ``eval_freq`` and ``save_freq`` keep their meaning;
+        ``num_timesteps`` counts the steps of every batch received, dropped ones included.
+        """
+        assert self._async is not None
+        assert self._async.learner is not None
+        learner, mailbox = self._async.learner, self._async.mailbox
+        iteration = 0
+        total_timesteps, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, False)
+        callback.on_training_start(locals(), globals())
+        learner.start(self)
+        try:
+            while self.num_timesteps < total_timesteps:
+                worker, index, batch = learner.next_batch()
+                callback.on_rollout_start()
+                continue_training = self._count_batch(batch, callback)
+                learner.absorb_statistics(self, batch)
+                if learner.lag(self, batch) > self.max_policy_lag:
+                    learner.drop(worker, index)
+                    callback.on_rollout_end()
+                    if not continue_training:
+                        break
+                    continue
+                self._load_batch(batch)
+                callback.on_rollout_end()
+                if not continue_training:
+                    break
+                iteration += 1
+                self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
+                if log_interval is not None and iteration % log_interval == 0:
+                    learner.record(self.logger)
+                    self.dump_logs(iteration)
+                self.train()
+                learner.publish(self)
+                mailbox.consume(worker, index)
+        finally:
+            learner.finish()
+        callback.on_training_end()
+        return self
+
+    def _count_batch(self, batch: dict[str, Any], callback: BaseCallback) -> bool:
+        """A received batch's steps and episodes into the learner's counts; False if a callback stopped training."""
+        assert self.ep_info_buffer is not None
+        assert self.ep_success_buffer is not None
+        self.ep_info_buffer.extend(batch["episodes"])
+        self.ep_success_buffer.extend(batch["successes"])
+        continue_training, steps = True, int(batch["steps"])
+        while steps > 0:
+            self.num_timesteps += min(self.n_envs, steps)
+            steps -= self.n_envs
+            continue_training = continue_training and callback.on_step()
+        return continue_training
+
+    def _load_batch(self, batch: dict[str, Any]) -> None:
+        """A worker's batch into the rollout buffer, with values, bootstraps and advantages from the current critic.
+
+        The worker's ``log β`` stays with each sample: the update's importance ratio is against it.
+        """
+        buffer, arrays = self.rollout_buffer, batch["arrays"]
+        if arrays["rewards"].shape != (buffer.buffer_size, buffer.n_envs):
+            raise ValueError(
+                f"worker {batch['worker']} sent a batch of (n_steps, n_envs) = {arrays['rewards'].shape}, but the "
+                f"learner's buffer holds {(buffer.buffer_size, buffer.n_envs)}: every rank must build the same "
+                "environments with the same n_steps"
+            )
+        buffer.reset()
+        for name, value in arrays.items():
+            setattr(buffer, name, value)
+        buffer.pos, buffer.full = buffer.buffer_size, True
+        self.policy.set_training_mode(False)
+        n_samples = buffer.buffer_size * buffer.n_envs
+        observations = arrays["observations"]
+        if isinstance(observations, dict):
+            flat: Any = {key: obs.reshape(n_samples, *obs.shape[2:]) for key, obs in observations.items()}
+        else:
+            flat = observations.reshape(n_samples, *observations.shape[2:])
+        with th.no_grad():
+            values = self.policy.predict_values(obs_as_tensor(flat, self.device))
+            buffer.values = values.cpu().numpy().reshape(buffer.buffer_size, buffer.n_envs).astype(np.float32)
+            truncations = batch["truncations"]
+            if truncations:  # the bootstrap of truncated episodes, with this critic (the worker took its own out)
+                terminal = self.policy.predict_values(stack_observations([obs for _, _, obs in truncations], self.device))
+                for (step, env, _), value in zip(truncations, terminal.flatten().cpu().numpy(), strict=True):
+                    buffer.rewards[step, env] += self.gamma * value
+            last_values = self.policy.predict_values(obs_as_tensor(batch["last_obs"], self.device))
+        buffer.compute_returns_and_advantage(last_values=last_values, dones=batch["last_episode_starts"])
+
+    def _run_as_worker(self, total_timesteps: int, tb_log_name: str) -> None:
+        """A worker rank: supervise a child process that collects and sends batches until the learner stops."""
+        assert self._async is not None
+        role = self._async
+
+        def child(incarnation: int) -> None:
+            run_child(lambda mailbox: self._collect_for_learner(mailbox, incarnation, total_timesteps, tb_log_name), role.rank)
+
+        WorkerSupervisor(role.mailbox, role.rank, child).run()
+
+    def _collect_for_learner(self, mailbox: Any, incarnation: int, total_timesteps: int, tb_log_name: str) -> None:
+        """The worker child's loop: a restarted worker (``incarnation`` > 1) reseeds, so it never repeats an episode."""
+        assert self._async is not None
+        if incarnation > 1 and self.seed is not None:
+            self.set_random_seed(self.seed + (incarnation - 1) * self._async.world_size * self.n_envs)
+        _, callback = self._setup_learn(total_timesteps, _Heartbeat(mailbox, self._async.rank), True, tb_log_name, False)
+        AsyncWorker(self, mailbox, self._async.rank, incarnation).run(callback)
+
+
+class _Heartbeat(BaseCallback):
+    """A worker's sign of life for the learner, every ``every`` environment steps."""
+
+    def __init__(self, mailbox: Any, worker: int, every: int = 64) -> None:
+        super().__init__()
+        self.mailbox, self.worker, self.every = mailbox, worker, every
+
+    def _on_step(self) -> bool:
+        if self.n_calls % self.every == 0:
+            self.mailbox.beat(self.worker)
+        return True

@@ -98,6 +98,7 @@ class RecurrentTRPO(TRPO):
     """
 
     SAVED_ALGORITHM: ClassVar[str] = "RecurrentTRPO"
+    ASYNC_SUPPORTED: ClassVar[bool] = False  # a worker's batch would need its LSTM states re-run by the learner
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpLstmPolicy": MlpLstmPolicy,
         "CnnLstmPolicy": CnnLstmPolicy,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -84,6 +84,7 @@ FISHER_METHODS = ("auto", "analytic", "autograd")
 ROLLOUT_METHODS = ("auto", "numpy", "sb3")
 ACTOR_METHODS = ("auto", "mlp", "torch")
 CRITIC_METHODS = ("auto", "flat", "torch")
+IMPORTANCE_RATIOS = ("behaviour", "current")
 
 HYPERPARAMETERS: dict[str, Rule] = {
     "learning_rate": Rule("a finite number >= 0 or a schedule", lambda v: callable(v) or (is_number(v) and v >= 0)),
@@ -107,6 +108,9 @@ HYPERPARAMETERS: dict[str, Rule] = {
     "actor_method": one_of(ACTOR_METHODS),
     "critic_method": one_of(CRITIC_METHODS),
     "distributed": one_of(DISTRIBUTED_MODES),
+    "max_policy_lag": integer(0),
+    "importance_ratio": one_of(IMPORTANCE_RATIOS),
+    "ratio_truncation": Rule("None (no truncation) or a finite number > 0", lambda v: v is None or (is_number(v) and v > 0)),
     "normalize_advantage": boolean(),
     "use_sde": boolean(),
     "sde_sample_freq": integer(-1),
@@ -277,7 +281,19 @@ class TRPO(DataParallelOnPolicyAlgorithm, CheckedFilesAlgorithm):
         this process alone. Data-parallel, each rank collects ``n_steps × n_envs`` with its own
         environments (seeded ``seed + rank · n_envs``), every rank runs the single-process update on the
         union of the ranks' rollouts, ``num_timesteps`` and ``total_timesteps`` count every rank's steps,
-        and rank 0 logs and saves (``docs/guide/distributed.rst``).
+        and rank 0 logs and saves (``docs/guide/distributed.rst``). ``"async"``: rank 0 is the learner and
+        every other rank a rollout worker that collects with the newest policy it has received and never
+        waits for the learner (``docs/guide/asynchronous.rst``).
+    :param max_policy_lag: Asynchronous training: the learner drops a batch whose behaviour policy is more
+        than this many updates behind its own (counted in ``async/batches_dropped``); 0 makes every worker
+        wait for the update on its last batch, which is synchronous TRPO.
+    :param importance_ratio: The denominator of the surrogate's importance ratio: ``"behaviour"``
+        (default), the stored log-probabilities of the policy β that collected the batch, as in the
+        paper; ``"current"``, the policy at the start of the update ``π_θk``, as if the batch were on-policy
+        (the control of the asynchronous benchmark; wrong when β lags). The two are the same without lag.
+    :param ratio_truncation: ``ρ̄``: truncate the behaviour part of the ratio, ``π_θ/β = (π_θ/π_θk) ·
+        (π_θk/β)``, to ``min(ρ̄, π_θk/β)`` as IMPALA truncates its importance weights: bounded variance from
+        stale batches, for a bias towards ``π_θk``'s own advantage. ``None`` (default): no truncation.
     :param kl_action_reduction: How the KL of one state adds up over independent action dimensions
         (diagonal Gaussian and Bernoulli actions): ``"sum"`` (default), the KL of the joint action
         distribution, as in the paper; or ``"mean"``, averaged over the dimensions, as
@@ -336,6 +352,9 @@ class TRPO(DataParallelOnPolicyAlgorithm, CheckedFilesAlgorithm):
         actor_method: str = "auto",
         critic_method: str = "auto",
         distributed: str = "auto",
+        max_policy_lag: int = 4,
+        importance_ratio: str = "behaviour",
+        ratio_truncation: float | None = None,
     ):
         validate(HYPERPARAMETERS, locals())
         if not callable(learning_rate):  # a number (validated): SB3's schedule takes Python's, not NumPy's float32
@@ -363,6 +382,7 @@ class TRPO(DataParallelOnPolicyAlgorithm, CheckedFilesAlgorithm):
             _init_setup_model=False,
             supported_action_spaces=None,  # checked below, with a ValueError
             distributed=distributed,
+            max_policy_lag=max_policy_lag,
         )
         if self.env is not None:
             self._check_env(normalize_advantage, batch_size)
@@ -384,6 +404,8 @@ class TRPO(DataParallelOnPolicyAlgorithm, CheckedFilesAlgorithm):
         self.kl_action_reduction = kl_action_reduction
         self.n_critic_updates = n_critic_updates
         self.sub_sampling_factor = sub_sampling_factor
+        self.importance_ratio = importance_ratio
+        self.ratio_truncation = None if ratio_truncation is None else float(ratio_truncation)
         # Counters of updates skipped because of non-finite numbers; saved with the model.
         self.n_skipped_policy_updates = 0
         self.n_skipped_critic_steps = 0
@@ -550,8 +572,32 @@ class TRPO(DataParallelOnPolicyAlgorithm, CheckedFilesAlgorithm):
 
     def _policy_batch(self) -> PolicyBatch:
         """The whole rollout as one batch, every ``sub_sampling_factor``-th item, advantages normalised."""
-        batch = self._rollout_batch(next(iter(self._train_buffer.get(batch_size=None))))
+        batch = self._behaviour_corrected(self._rollout_batch(next(iter(self._train_buffer.get(batch_size=None)))))
         return self._normalize_advantages(batch.every(self.sub_sampling_factor))
+
+    def _behaviour_corrected(self, batch: PolicyBatch) -> PolicyBatch:
+        """The batch with the ratio's denominator ``importance_ratio`` and ``ratio_truncation`` ask for.
+
+        ``π_θ/β = (π_θ/π_θk) · (π_θk/β)``: the first factor is what the trust region bounds, the second the
+        behaviour correction, fixed during the update. Truncating it to ``min(ρ̄, π_θk/β)`` is a new
+        denominator, ``log β' = max(log β, log π_θk − log ρ̄)``; ``"current"`` is ``β' = π_θk``. The ratio
+        ``π_θk/β`` is logged (``train/ratio_*``) where it can differ from 1: asynchronous, or with either option.
+        """
+        if not self._behaviour_may_lag() and self.importance_ratio == "behaviour" and self.ratio_truncation is None:
+            return batch  # β is the policy at the start of train(): nothing to correct, nothing to measure
+        with th.no_grad():
+            current = self._distribution(batch).log_prob(batch.actions)
+            ratio = th.exp(current - batch.behaviour_log_prob)
+            real = ratio if batch.mask is None else ratio[batch.mask]
+            self.logger.record("train/ratio_mean", real.mean().item())
+            self.logger.record("train/ratio_max", real.max().item())
+            if self.importance_ratio == "current":
+                return replace(batch, behaviour_log_prob=current)
+            if self.ratio_truncation is None:
+                return batch
+            self.logger.record("train/ratio_truncated_fraction", (real > self.ratio_truncation).float().mean().item())
+            truncated = th.maximum(batch.behaviour_log_prob, current - math.log(self.ratio_truncation))
+            return replace(batch, behaviour_log_prob=truncated)
 
     def _rollout_batch(self, data: Any) -> PolicyBatch:
         """The rollout buffer's samples as a :class:`PolicyBatch` (discrete actions as integer indices)."""

@@ -1,0 +1,119 @@
+"""One rank of the asynchronous tests (``tests/test_asynchronous.py`` starts it with ``torchrun``).
+
+    python -m torch.distributed.run --standalone --nproc-per-node N tests/async_worker.py MODE OUT_DIR
+
+Rank 0 is the learner and writes what the test checks into ``OUT_DIR``; the other ranks are workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.logger import configure
+
+from sb3_trpo import TRPO, TRPOPenalty
+
+# Pendulum's episodes are truncated at 200 steps: the learner's bootstrap of truncated episodes is exercised.
+SETTINGS = {"n_steps": 128, "batch_size": 64, "n_critic_updates": 3, "seed": 7, "target_kl": 0.02}
+
+
+def flat_parameters(model: TRPO) -> np.ndarray:
+    return np.concatenate([p.detach().numpy().ravel() for p in model.policy.parameters()])
+
+
+def record_updates(model: TRPO, out: Path, lags: list[int]) -> None:
+    """After each of the learner's updates: its parameters and the version of the batch it used."""
+    model.set_logger(configure(str(out), ["csv"]))  # progress.csv: what a user's logs show
+    train = model.train
+
+    def recorded_train() -> None:
+        train()
+        np.save(out / f"learner_update{model._n_updates - 1}.npy", flat_parameters(model))
+
+    model.train = recorded_train  # type: ignore[method-assign]
+    assert model._async is not None
+    assert model._async.learner is not None
+    learner = model._async.learner
+    lag = learner.lag
+
+    def recorded_lag(algorithm: TRPO, payload: dict) -> int:
+        value = lag(algorithm, payload)
+        lags.append(value)
+        return value
+
+    learner.lag = recorded_lag  # type: ignore[method-assign]
+
+
+def main() -> None:
+    mode, out = sys.argv[1], Path(sys.argv[2])
+    rank = int(os.environ["RANK"])
+    th.set_num_threads(1)
+    lags: list[int] = []
+    if mode in ("lag_zero", "lag_zero_penalty"):  # workers wait for each update: synchronous TRPO's updates
+        algorithm = TRPO if mode == "lag_zero" else TRPOPenalty
+        model = algorithm("MlpPolicy", "Pendulum-v1", **SETTINGS, distributed="async", max_policy_lag=0)
+        if rank == 0:
+            np.save(out / "learner_initial.npy", flat_parameters(model))
+            record_updates(model, out, lags)
+        model.learn(4 * 128)
+    elif mode == "drop":  # a slow learner: batches pile up and those too old are dropped
+        model = TRPO("MlpPolicy", "Pendulum-v1", **SETTINGS, distributed="async", max_policy_lag=1)
+        if rank == 0:
+            record_updates(model, out, lags)
+            train = model.train
+
+            def slow_train() -> None:
+                time.sleep(0.6)  # the worker collects 128 steps in far less
+                train()
+
+            model.train = slow_train  # type: ignore[method-assign]
+        model.learn(40 * 128)
+    elif mode == "kill":  # the worker's process is killed mid-run: its rank restarts it, the learner carries on
+        model = TRPO("MlpPolicy", "Pendulum-v1", **SETTINGS, distributed="async", max_policy_lag=4)
+        if rank == 0:
+            record_updates(model, out, lags)
+            train, killed = model.train, []
+
+            def train_then_kill() -> None:
+                train()
+                if model._n_updates == 2 and not killed:
+                    assert model._async is not None
+                    pid = int(model._async.mailbox.store.get("pid/1"))
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+
+            model.train = train_then_kill  # type: ignore[method-assign]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.learn(10 * 128)
+        if rank == 0:
+            messages = [str(warning.message) for warning in caught if "async learner" in str(warning.message)]
+            (out / "warnings.json").write_text(json.dumps(messages))
+    else:
+        raise ValueError(f"unknown mode {mode}")
+    if rank == 0:
+        assert model._async is not None
+        assert model._async.learner is not None
+        learner = model._async.learner
+        report = {
+            "num_timesteps": model.num_timesteps,
+            "n_updates": model._n_updates,
+            "lags": lags,
+            "received": learner.n_received,
+            "dropped": learner.n_dropped,
+            "failures": learner.n_worker_failures,
+            "logged": {key: float(value) for key, value in model.logger.name_to_value.items()},
+        }
+        (out / "learner.json").write_text(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
