@@ -1,4 +1,8 @@
-"""Data-parallel scaling: steps/s of our TRPO on 1 process and on N processes (torchrun), the same global batch.
+"""Scaling: steps/s of our TRPO on 1 process, on N data-parallel processes (torchrun), and asynchronous.
+
+``async``: a learner and ``N − 1`` rollout workers (``distributed="async"``, the zoo's ``n_envs`` on each
+worker, so an update's batch is one process's), beside the others in the same run; its steps/s count the
+steps the learner received, and the report gives the share it dropped, the lag and the learner's idle time.
 
 For each task, with its zoo settings (``hyperparams.py``), one process with the entry's ``n_envs``
 environments runs beside ``N`` processes with ``n_envs / N`` each (so the batch of an update is the same),
@@ -42,17 +46,26 @@ TABLE_MARKER = "scaling-table"
 DEFAULT_STEPS = 20_480
 
 
-def worker(env_id: str, steps: int, n_envs: int, out: Path) -> None:
+def worker(env_id: str, steps: int, n_envs: int, out: Path, distributed: str = "auto") -> None:
     """One rank (or the single process): train, write the figures as JSON (rank 0 only)."""
     set_single_thread()
     from hyperparams import ALGORITHMS, make_env, run_settings
 
     settings = run_settings("sb3_trpo", env_id)  # the zoo entry, with this rank's share of its environments
     env = make_env(env_id, n_envs, seed=0, normalize=settings.normalize)
-    model = ALGORITHMS["sb3_trpo"].load_class()(settings.policy, env, seed=0, device="cpu", **settings.algo_kwargs)
+    model = ALGORITHMS["sb3_trpo"].load_class()(
+        settings.policy, env, seed=0, device="cpu", distributed=distributed, **settings.algo_kwargs
+    )
     start = time.perf_counter()
     model.learn(steps)
     seconds = time.perf_counter() - start
+    if model._async is not None:
+        learner = model._async.learner
+        if learner is not None:  # rank 0; the workers have returned when it has
+            figures = {"learn_s": seconds, "steps": model.num_timesteps, "updates": model._n_updates}
+            figures |= {"received": learner.n_received, "dropped": learner.n_dropped, "idle_s": learner.idle_s}
+            out.write_text(json.dumps(figures))
+        return
     parallel = model._data_parallel
     latency = None
     if parallel is not None:  # one small all-reduce, the ranks lined up by a barrier first: the cost of a collective
@@ -74,10 +87,10 @@ def worker(env_id: str, steps: int, n_envs: int, out: Path) -> None:
         out.write_text(json.dumps(figures))
 
 
-def run(env_id: str, steps: int, processes: int, n_envs: int) -> dict[str, Any]:
+def run(env_id: str, steps: int, processes: int, n_envs: int, distributed: str = "auto") -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "result.json"
-        arguments = ["--worker", env_id, str(steps), str(n_envs), str(out)]
+        arguments = ["--worker", env_id, str(steps), str(n_envs), str(out), distributed]
         if processes == 1:
             command = [sys.executable, __file__, *arguments]
         else:
@@ -104,16 +117,17 @@ def measure(envs: list[str], processes: int, steps: int, repeats: int) -> dict[s
             raise SystemExit(f"{env_id}: n_envs={n_envs} does not split over {processes} processes")
         # "N": the same global batch (n_envs / N per rank); "N×": the same batch per rank (N times the global batch).
         configurations = {
-            "1": (1, n_envs),
-            str(processes): (processes, n_envs // processes),
-            f"{processes}x": (processes, n_envs),
+            "1": (1, n_envs, "auto"),
+            str(processes): (processes, n_envs // processes, "auto"),
+            f"{processes}x": (processes, n_envs, "auto"),
+            "async": (processes, n_envs, "async"),  # a learner and N − 1 workers, each with one process's batch
         }
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in configurations}
         for repeat in range(repeats):
-            for name, (count, envs_per_rank) in configurations.items():
-                figures = run(env_id, steps, count, envs_per_rank)
+            for name, (count, envs_per_rank, distributed) in configurations.items():
+                figures = run(env_id, steps, count, envs_per_rank, distributed)
                 runs[name].append(figures)
-                print(f"{env_id} repeat {repeat}, {count} process(es) x {envs_per_rank} env(s): {figures}", flush=True)
+                print(f"{env_id} repeat {repeat}, {name}: {count} process(es) x {envs_per_rank} env(s): {figures}", flush=True)
         results[env_id] = {"n_envs": n_envs, "runs": runs}
     return results
 
@@ -178,6 +192,8 @@ def report(results: dict[str, Any], processes: int) -> str:
             )
             predictions.append(f"| {env_id} | {cells} |")
     text = "\n".join(lines)
+    if any("async" in result["runs"] for result in results.values()):
+        text += "\n\n" + async_report(results, processes)
     if predictions:
         header = " | ".join(f"N = {n}" for n in [1, 2, 8, 32, 128, 256])
         text += (
@@ -190,10 +206,35 @@ def report(results: dict[str, Any], processes: int) -> str:
     return text
 
 
+def async_report(results: dict[str, Any], processes: int) -> str:
+    """Asynchronous (learner + ``N − 1`` workers) beside one process and ``N`` data-parallel ranks, the same run."""
+    lines = [
+        f"| Task | 1 process: steps/s | {processes} data-parallel ranks, the same global batch | "
+        f"learner + {processes - 1} worker(s): steps/s received | speed-up (median [min, max]) | steps used "
+        "(not dropped) | learner idle |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for env_id, result in results.items():
+        runs = result["runs"]
+        if "async" not in runs:
+            continue
+        rate = [run["steps"] / run["learn_s"] for run in runs["1"]]
+        parallel = [run["steps"] / run["learn_s"] for run in runs[str(processes)]]
+        asynchronous = [run["steps"] / run["learn_s"] for run in runs["async"]]
+        speedups = [b / a for a, b in zip(rate, asynchronous, strict=True)]
+        used = np.median([1 - run["dropped"] / max(run["received"], 1) for run in runs["async"]])
+        idle = np.median([run["idle_s"] / run["learn_s"] for run in runs["async"]])
+        lines.append(
+            f"| {env_id} | {np.median(rate):.0f} | {np.median(parallel):.0f} | {np.median(asynchronous):.0f} | "
+            f"{np.median(speedups):.2f} [{min(speedups):.2f}, {max(speedups):.2f}] | {100 * used:.0f}% | {100 * idle:.0f}% |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         env_id, steps, n_envs, out = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5])
-        worker(env_id, steps, n_envs, out)
+        worker(env_id, steps, n_envs, out, sys.argv[6] if len(sys.argv) > 6 else "auto")
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", nargs="+", default=["HalfCheetah-v5", "CartPole-v1"])
