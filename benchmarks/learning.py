@@ -801,7 +801,7 @@ def lag_report(groups: Groups, out: Path) -> str:
         figure.savefig(out / f"lag_{env_id}_returns.png", dpi=120)
         plt.close(figure)
         caption = f"\n\n**{env_id}**: final deterministic return (mean ± std over seeds) against the lag of every batch."
-        sections.append(_table(lines, caption) + f"\n![lag_{env_id}_returns](lag_{env_id}_returns.png)\n")
+        sections.append(_table(lines, caption + f" Plot: `lag_{env_id}_returns.png`.") + "\n")
     return "\n".join(sections)
 
 
