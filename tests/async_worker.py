@@ -15,6 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch as th
 from stable_baselines3.common.logger import configure
@@ -22,6 +23,7 @@ from stable_baselines3.common.logger import configure
 from sb3_trpo import TRPO, TRPOPenalty
 
 # Pendulum's episodes are truncated at 200 steps: the learner's bootstrap of truncated episodes is exercised.
+sources: list[tuple[int, int]] = []  # (worker, incarnation) of every batch the learner received
 SETTINGS = {"n_steps": 128, "batch_size": 64, "n_critic_updates": 3, "seed": 7, "target_kl": 0.02}
 
 
@@ -30,6 +32,7 @@ def flat_parameters(model: TRPO) -> np.ndarray:
 
 
 def record_updates(model: TRPO, out: Path, lags: list[int]) -> None:
+    sources.clear()
     """After each of the learner's updates: its parameters and the version of the batch it used."""
     model.set_logger(configure(str(out), ["csv"]))  # progress.csv: what a user's logs show
     train = model.train
@@ -50,6 +53,14 @@ def record_updates(model: TRPO, out: Path, lags: list[int]) -> None:
         return value
 
     learner.lag = recorded_lag  # type: ignore[method-assign]
+    next_batch = learner.next_batch
+
+    def recorded_next_batch() -> tuple[int, int, dict]:
+        worker, index, payload = next_batch()
+        sources.append((worker, payload["incarnation"]))
+        return worker, index, payload
+
+    learner.next_batch = recorded_next_batch  # type: ignore[method-assign]
 
 
 def main() -> None:
@@ -97,6 +108,31 @@ def main() -> None:
         if rank == 0:
             messages = [str(warning.message) for warning in caught if "async learner" in str(warning.message)]
             (out / "warnings.json").write_text(json.dumps(messages))
+    elif mode == "stall":  # worker 2's environment hangs in step(): the learner goes on with worker 1
+        from stable_baselines3.common.env_util import make_vec_env
+
+        class Hang(gym.Wrapper):
+            def __init__(self, env: gym.Env) -> None:
+                super().__init__(env)
+                self.steps = 0
+
+            def step(self, action):  # type: ignore[no-untyped-def]
+                self.steps += 1
+                if self.steps > 300:
+                    time.sleep(3600)
+                return self.env.step(action)
+
+        wrapper = Hang if rank == 2 else None
+        env = make_vec_env("Pendulum-v1", n_envs=1, wrapper_class=wrapper)
+        model = TRPO("MlpPolicy", env, **SETTINGS, distributed="async", max_policy_lag=8)
+        if rank == 0:
+            record_updates(model, out, lags)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.learn(48 * 128)
+        if rank == 0:
+            messages = [str(warning.message) for warning in caught if "async learner" in str(warning.message)]
+            (out / "warnings.json").write_text(json.dumps(messages))
     else:
         raise ValueError(f"unknown mode {mode}")
     if rank == 0:
@@ -110,6 +146,8 @@ def main() -> None:
             "received": learner.n_received,
             "dropped": learner.n_dropped,
             "failures": learner.n_worker_failures,
+            "sources": sources,
+            "stalled": sorted(learner.stalled),
             "logged": {key: float(value) for key, value in model.logger.name_to_value.items()},
         }
         (out / "learner.json").write_text(json.dumps(report))

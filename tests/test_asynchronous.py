@@ -238,6 +238,18 @@ def test_a_killed_worker_is_restarted_and_the_learner_carries_on(tmp_path):
     assert report["failures"] == 1
     assert any("exited with signal SIGKILL; restarted (1 of 3)" in message for message in messages), messages
     assert report["num_timesteps"] >= 10 * 128  # learn() ran to its end on the restarted worker's batches
+    assert [1, 2] in report["sources"]  # batches of worker 1's second incarnation: it rejoined
+
+
+@pytest.mark.timeout(300)
+def test_a_stalled_worker_is_reported_and_the_learner_goes_on_with_the_others(tmp_path):
+    launch.torchrun(WORKER, "stall", tmp_path, nproc=3, env={"SB3_TRPO_WORKER_STALL_TIMEOUT": "1"})
+    report = json.loads((tmp_path / "learner.json").read_text())
+    messages = json.loads((tmp_path / "warnings.json").read_text())
+    assert report["num_timesteps"] >= 48 * 128  # learn() finished on worker 1's batches
+    assert 2 in report["stalled"]
+    assert any("worker 2 has not stepped its environments" in message for message in messages), messages
+    assert {worker for worker, _ in report["sources"]} == {1, 2}  # worker 2 sent batches before it hung
 
 
 @pytest.mark.timeout(300)

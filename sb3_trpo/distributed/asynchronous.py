@@ -438,6 +438,7 @@ class WorkerSupervisor:
     def __init__(self, mailbox: Mailbox, worker: int, child: Callable[[int], None]) -> None:
         self.mailbox, self.worker, self.child = mailbox, worker, child
         self.max_restarts = int(os.environ.get(RESTARTS_ENV, DEFAULT_RESTARTS))
+        self.stall_s = float(os.environ.get(STALL_ENV, DEFAULT_STALL_S))
 
     def run(self) -> int:
         """Supervise until the learner stops (or the restarts run out); the number of restarts."""
@@ -447,7 +448,7 @@ class WorkerSupervisor:
             process = context.Process(target=self.child, args=(incarnation,), name=f"sb3_trpo-worker{self.worker}")
             process.start()
             self.mailbox.store.set(f"pid/{self.worker}", str(process.pid))
-            process.join()
+            self._wait(process)
             if process.exitcode == 0 or self.mailbox.stopped():
                 break
             restarts += 1
@@ -459,6 +460,18 @@ class WorkerSupervisor:
             incarnation += 1
         self.mailbox.finish()
         return restarts
+
+    def _wait(self, process: Any) -> None:
+        """Until the child ends; once the learner has stopped, a child still busy after the stall timeout
+        (stuck in an environment's step, say) is killed, so that this rank, and torchrun, can finish."""
+        stopped_at = None
+        while process.is_alive():
+            process.join(WATCH_S)
+            if stopped_at is None and self.mailbox.stopped():
+                stopped_at = time.monotonic()
+            if stopped_at is not None and time.monotonic() - stopped_at > self.stall_s and process.is_alive():
+                process.kill()
+                process.join()
 
 
 def run_child(work: Callable[[Mailbox], None], worker: int) -> None:
