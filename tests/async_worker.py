@@ -21,6 +21,7 @@ import torch as th
 from stable_baselines3.common.logger import configure
 
 from sb3_trpo import TRPO, TRPOPenalty
+from sb3_trpo.distributed.asynchronous import AsyncLearner
 
 # Pendulum's episodes are truncated at 200 steps: the learner's bootstrap of truncated episodes is exercised.
 sources: list[tuple[int, int]] = []  # (worker, incarnation) of every batch the learner received
@@ -32,8 +33,8 @@ def flat_parameters(model: TRPO) -> np.ndarray:
 
 
 def record_updates(model: TRPO, out: Path, lags: list[int]) -> None:
+    """After each of the learner's updates: its parameters; for every batch received: its lag and its source."""
     sources.clear()
-    """After each of the learner's updates: its parameters and the version of the batch it used."""
     model.set_logger(configure(str(out), ["csv"]))  # progress.csv: what a user's logs show
     train = model.train
 
@@ -42,25 +43,20 @@ def record_updates(model: TRPO, out: Path, lags: list[int]) -> None:
         np.save(out / f"learner_update{model._n_updates - 1}.npy", flat_parameters(model))
 
     model.train = recorded_train  # type: ignore[method-assign]
-    assert model._async is not None
-    assert model._async.learner is not None
-    learner = model._async.learner
-    lag = learner.lag
+    lag, next_batch = AsyncLearner.lag, AsyncLearner.next_batch  # each learn() makes a new learner: patch the class
 
-    def recorded_lag(algorithm: TRPO, payload: dict) -> int:
-        value = lag(algorithm, payload)
+    def recorded_lag(self: AsyncLearner, algorithm: TRPO, payload: dict) -> int:
+        value = lag(self, algorithm, payload)
         lags.append(value)
         return value
 
-    learner.lag = recorded_lag  # type: ignore[method-assign]
-    next_batch = learner.next_batch
-
-    def recorded_next_batch() -> tuple[int, int, dict]:
-        worker, index, payload = next_batch()
+    def recorded_next_batch(self: AsyncLearner) -> tuple[int, int, dict]:
+        worker, index, payload = next_batch(self)
         sources.append((worker, payload["incarnation"]))
         return worker, index, payload
 
-    learner.next_batch = recorded_next_batch  # type: ignore[method-assign]
+    AsyncLearner.lag = recorded_lag  # type: ignore[method-assign]
+    AsyncLearner.next_batch = recorded_next_batch  # type: ignore[method-assign]
 
 
 def main() -> None:
@@ -108,6 +104,23 @@ def main() -> None:
         if rank == 0:
             messages = [str(warning.message) for warning in caught if "async learner" in str(warning.message)]
             (out / "warnings.json").write_text(json.dumps(messages))
+    elif mode == "twice":  # two learn() calls, the second on a model loaded with distributed="async"
+        model = TRPO("MlpPolicy", "Pendulum-v1", **SETTINGS, distributed="async", max_policy_lag=8)
+        model.learn(3 * 128)
+        first = model.num_timesteps
+        path = out / "first.zip"
+        if rank == 0:
+            model.save(path)
+        while not path.exists():  # the workers load the learner's file
+            time.sleep(0.05)
+        time.sleep(0.2)
+        model = TRPO.load(path, env=model.env, distributed="async", device="cpu")
+        assert model._async is None  # the constructor under torchrun saw "auto"; learn() takes the role
+        if rank == 0:
+            record_updates(model, out, lags)
+        model.learn(3 * 128, reset_num_timesteps=False)
+        if rank == 0:
+            (out / "first.json").write_text(json.dumps({"first": first}))
     elif mode == "stall":  # worker 2's environment hangs in step(): the learner goes on with worker 1
         from stable_baselines3.common.env_util import make_vec_env
 
@@ -122,7 +135,12 @@ def main() -> None:
                     time.sleep(3600)
                 return self.env.step(action)
 
-        wrapper = Hang if rank == 2 else None
+        class Slow(gym.Wrapper):  # worker 1 slowed down, so that the learner outlives the stall timeout
+            def step(self, action):  # type: ignore[no-untyped-def]
+                time.sleep(0.001)
+                return self.env.step(action)
+
+        wrapper = {1: Slow, 2: Hang}.get(rank)
         env = make_vec_env("Pendulum-v1", n_envs=1, wrapper_class=wrapper)
         model = TRPO("MlpPolicy", env, **SETTINGS, distributed="async", max_policy_lag=8)
         if rank == 0:

@@ -242,6 +242,15 @@ def test_a_killed_worker_is_restarted_and_the_learner_carries_on(tmp_path):
 
 
 @pytest.mark.timeout(300)
+def test_learn_twice_and_load_with_async_each_start_a_session_of_their_own(tmp_path):
+    launch.torchrun(WORKER, "twice", tmp_path)
+    report = json.loads((tmp_path / "learner.json").read_text())
+    assert json.loads((tmp_path / "first.json").read_text())["first"] >= 3 * 128
+    assert report["num_timesteps"] >= 6 * 128  # the loaded model went on from the first run's count
+    assert report["received"] == len(report["lags"]) >= 3  # the second learn() took batches from its own session
+
+
+@pytest.mark.timeout(300)
 def test_a_stalled_worker_is_reported_and_the_learner_goes_on_with_the_others(tmp_path):
     launch.torchrun(WORKER, "stall", tmp_path, nproc=3, env={"SB3_TRPO_WORKER_STALL_TIMEOUT": "1"})
     report = json.loads((tmp_path / "learner.json").read_text())
@@ -278,3 +287,45 @@ def test_the_zoo_trains_asynchronously_when_its_hyperparameters_say_so(tmp_path,
     evaluations = np.load(runs[0] / "evaluations.npz")
     assert len(evaluations["timesteps"]) >= 512 // (64 * 2) - 1  # the learner evaluated every 64 steps of 2 envs
     assert list(runs[0].glob("rl_model_*_steps.zip"))  # and saved checkpoints
+
+
+def test_the_learner_recomputes_values_and_truncation_bootstraps_with_its_own_critic():
+    """A batch collected by an older critic: the learner's values and bootstraps are its own, not the worker's."""
+    from sb3_trpo.distributed.asynchronous import AsyncWorker
+
+    model = TRPO("MlpPolicy", "Pendulum-v1", n_steps=256, batch_size=64, seed=3)  # episodes truncated at 200 steps
+    model.set_logger(configure(None, []))
+    model._setup_learn(256, None)
+    collector = AsyncWorker(model, mailbox=None, worker=1, incarnation=1)  # type: ignore[arg-type]
+    model._async_truncations = []
+    callback = model._init_callback(None)
+    assert model.collect_rollouts(model.env, callback, model.rollout_buffer, 256)
+    bootstrapped = model.rollout_buffer.rewards.copy()  # with the old critic's bootstrap
+    truncations = list(model._async_truncations)
+    assert len(truncations) == 1
+    assert truncations[0][0] == 199
+    batch = collector._payload(256, 1.0)
+    old_terminal = model.policy.predict_values(th.as_tensor(truncations[0][2])[None]).item()
+    with th.no_grad():  # a newer critic
+        for param in model.policy.value_net.parameters():
+            param.add_(0.5)
+    model._load_batch(batch)
+    buffer = model.rollout_buffer
+    new_terminal = model.policy.predict_values(th.as_tensor(truncations[0][2])[None]).item()
+    expected = bootstrapped.copy()
+    expected[199, 0] += model.gamma * (new_terminal - old_terminal)
+    np.testing.assert_allclose(buffer.rewards, expected, rtol=1e-5, atol=1e-4)
+    assert abs(new_terminal - old_terminal) > 0.1  # the critics differ, so the two bootstraps do
+    with th.no_grad():
+        values = model.policy.predict_values(th.as_tensor(buffer.observations.reshape(256, -1))).numpy().reshape(256, 1)
+    np.testing.assert_allclose(buffer.values, values, rtol=1e-5, atol=1e-5)
+    # GAE on the learner's values, computed here by hand (λ-returns backwards over the rollout).
+    last = model.policy.predict_values(th.as_tensor(batch["last_obs"])).item()
+    advantages, running = np.zeros(256), 0.0
+    starts = buffer.episode_starts[:, 0]
+    for t in reversed(range(256)):
+        next_value, next_start = (last, batch["last_episode_starts"][0]) if t == 255 else (values[t + 1, 0], starts[t + 1])
+        delta = buffer.rewards[t, 0] + model.gamma * next_value * (1 - next_start) - values[t, 0]
+        running = delta + model.gamma * model.gae_lambda * (1 - next_start) * running
+        advantages[t] = running
+    np.testing.assert_allclose(buffer.advantages[:, 0], advantages, rtol=1e-4, atol=1e-4)

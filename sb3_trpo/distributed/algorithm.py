@@ -14,6 +14,7 @@ nothing of it: it reads its batch from :attr:`_train_buffer`.
 
 from __future__ import annotations
 
+import time
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -40,7 +41,7 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
         or ``"off"``
     :param max_policy_lag: asynchronous training: the learner drops batches whose behaviour policy is
         more than this many versions (updates) behind its own; 0 makes each worker wait for the update
-        on its last batch (synchronous TRPO). The other arguments are ``OnPolicyAlgorithm``'s.
+        on its last batch (with one worker, synchronous TRPO). The other arguments are ``OnPolicyAlgorithm``'s.
     """
 
     ASYNC_SUPPORTED: ClassVar[bool] = True
@@ -83,7 +84,10 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
         else:
             self._data_parallel = data_parallel_for(distributed, get_device(device))
             role = f"data-parallel training on {self._data_parallel.world_size} ranks" if self._data_parallel else ""
-        if self._async is not None or self._data_parallel is not None:
+        if self._async is not None and not self._async.is_main:
+            # A worker's rollouts run in a forked child, and CUDA cannot be used after a fork: workers act on the CPU.
+            device = "cpu"
+        elif self._async is not None or self._data_parallel is not None:
             device = rank_device(get_device(device))
             if not self._is_main:  # rank 0 logs and saves
                 verbose, tensorboard_log = 0, None
@@ -207,14 +211,41 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
 
         On a worker rank it returns when the learner has finished; the worker's model is not the trained one.
         """
+        self._resolve_async()
         if self._async is None:
             return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+        self._async.begin()  # this learn()'s own keys in the store
         if self._async.is_main:
             return self._learn_as_learner(
                 total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar
             )
         self._run_as_worker(total_timesteps, tb_log_name)
         return self
+
+    def _resolve_async(self) -> None:
+        """``distributed="async"`` set after construction (``load(..., distributed="async")``, as rl_zoo3's
+        ``--trained-agent`` passes hyperparameters): take the asynchronous role now; the reverse drops it."""
+        if self.distributed != "async":
+            self._async = None
+            return
+        if self._async is None:
+            require(
+                type(self).ASYNC_SUPPORTED and launched_by_torchrun(),
+                "distributed",
+                "'async' under torchrun",
+                self.distributed,
+            )
+            self._data_parallel = None
+            self._async = AsyncRole.from_environment(self.max_policy_lag)
+        if not self._async.is_main:
+            require(
+                self.device.type == "cpu",
+                "device",
+                '"cpu" on a worker rank (its rollouts run in a forked process, where CUDA cannot start); '
+                'load the model with device="cpu" there',
+                self.device,
+            )
+            self.verbose, self.tensorboard_log = 0, None
 
     def _learn_as_learner(
         self: SelfAlgorithm,
@@ -233,9 +264,12 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
         """
         assert self._async is not None
         assert self._async.learner is not None
+        assert self._async.mailbox is not None
         learner, mailbox = self._async.learner, self._async.mailbox
         iteration = 0
-        total_timesteps, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, False)
+        total_timesteps, callback = self._setup_learn(
+            total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
+        )
         callback.on_training_start(locals(), globals())
         learner.start(self)
         try:
@@ -317,12 +351,15 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
     def _run_as_worker(self, total_timesteps: int, tb_log_name: str) -> None:
         """A worker rank: supervise a child process that collects and sends batches until the learner stops."""
         assert self._async is not None
-        role = self._async
+        assert self._async.mailbox is not None
+        rank, mailbox = self._async.rank, self._async.mailbox
 
         def child(incarnation: int) -> None:
-            run_child(lambda mailbox: self._collect_for_learner(mailbox, incarnation, total_timesteps, tb_log_name), role.rank)
+            run_child(
+                lambda own: self._collect_for_learner(own, incarnation, total_timesteps, tb_log_name), rank, mailbox.session
+            )
 
-        WorkerSupervisor(role.mailbox, role.rank, child).run()
+        WorkerSupervisor(mailbox, rank, child).run()
 
     def _collect_for_learner(self, mailbox: Any, incarnation: int, total_timesteps: int, tb_log_name: str) -> None:
         """The worker child's loop: a restarted worker (``incarnation`` > 1) reseeds, so it never repeats an episode."""
@@ -334,13 +371,18 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
 
 
 class _Heartbeat(BaseCallback):
-    """A worker's sign of life for the learner, every ``every`` environment steps."""
+    """A worker's sign of life for the learner, at most every ``every_s`` seconds of stepping; it also ends the
+    rollout under way once the learner has stopped, so that the worker does not finish a batch nobody reads."""
 
-    def __init__(self, mailbox: Any, worker: int, every: int = 64) -> None:
+    def __init__(self, mailbox: Any, worker: int, every_s: float = 0.5) -> None:
         super().__init__()
-        self.mailbox, self.worker, self.every = mailbox, worker, every
+        self.mailbox, self.worker, self.every_s = mailbox, worker, every_s
+        self._last = 0.0
 
     def _on_step(self) -> bool:
-        if self.n_calls % self.every == 0:
-            self.mailbox.beat(self.worker)
-        return True
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return True
+        self._last = now
+        self.mailbox.beat(self.worker)
+        return not self.mailbox.stopped()

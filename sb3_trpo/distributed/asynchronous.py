@@ -29,6 +29,7 @@ current policy (``TRPO._policy_batch``).
 from __future__ import annotations
 
 import copy
+import itertools
 import multiprocessing
 import os
 import pickle
@@ -65,18 +66,30 @@ def timeout_s() -> float:
     return float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
 
 
-def connect_store() -> dist.Store:
-    """This rank's client of the launch's key-value store (``torchrun``'s, or rank 0's), under our prefix."""
-    store, _, _ = next(dist.rendezvous("env://", timeout=timedelta(seconds=timeout_s())))
-    return dist.PrefixStore(STORE_PREFIX, store)
+def connect_store(rank: int | None = None) -> dist.Store:
+    """A client of the launch's key-value store at ``MASTER_ADDR:MASTER_PORT``, under our prefix.
 
-
-def reconnect_store() -> dist.Store:
-    """A new client of the same store, for a forked worker (a socket must not be shared between processes)."""
+    ``torchrun`` runs that store itself (its agent's, ``TORCHELASTIC_USE_AGENT_STORE``); otherwise rank 0
+    hosts it, unless a process group already did (``multi_tenant``: the same server, shared). A forked
+    worker calls this again for a connection of its own (a socket must not be shared between processes).
+    """
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    host = rank == 0 and not agent and not dist.is_initialized()
     store = dist.TCPStore(
-        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timedelta(seconds=timeout_s())
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=host,
+        timeout=timedelta(seconds=timeout_s()),
+        wait_for_workers=False,
+        multi_tenant=True,
     )
     return dist.PrefixStore(STORE_PREFIX, store)
+
+
+_SESSIONS = itertools.count()
+"""Every ``learn()`` of an asynchronous model is a session with keys of its own (``<n>/…``): the n-th ``learn()``
+of this process meets the n-th of every other rank, which run the same script, and nothing a finished session
+left in the store (its stop, its counters) reaches the next."""
 
 
 class Mailbox:
@@ -91,8 +104,9 @@ class Mailbox:
     - ``stop``, ``finished``: the learner's end of training, and how many workers have seen it.
     """
 
-    def __init__(self, store: dist.Store) -> None:
-        self.store = store
+    def __init__(self, store: dist.Store, session: int = 0) -> None:
+        self.session = session
+        self.store = dist.PrefixStore(f"{session}/", store)
 
     def _count(self, key: str) -> int:
         return int(self.store.add(key, 0))  # adding 0 reads a counter (and creates it at 0)
@@ -140,13 +154,16 @@ class Mailbox:
         return self._count(f"heartbeat/{worker}")
 
     def report(self, worker: int, message: str) -> None:
-        number = int(self.store.add(f"events/{worker}", 1))
+        number = int(self.store.add(f"events/{worker}", 1))  # a number of its own (supervisor and child both report)
         self.store.set(f"event/{worker}/{number}", message)
 
-    def events(self, worker: int, seen: int) -> list[str]:
-        """Worker ``worker``'s events after the first ``seen``."""
-        count = self._count(f"events/{worker}")
-        return [self.store.get(f"event/{worker}/{number}").decode() for number in range(seen + 1, count + 1)]
+    def event(self, worker: int, number: int) -> str | None:
+        """Worker ``worker``'s event ``number`` (from 1), or None while it is not there (or its reporter died first)."""
+        key = f"event/{worker}/{number}"
+        return self.store.get(key).decode() if self.store.check([key]) else None
+
+    def n_events(self, worker: int) -> int:
+        return self._count(f"events/{worker}")
 
     # the end
     def stop(self) -> None:
@@ -189,6 +206,7 @@ class AsyncLearner:
         self._next = dict.fromkeys(self.workers, 0)  # the next batch to read from each worker
         self._turn = 0  # round-robin start, so that one fast worker cannot starve the others
         self._events_seen = dict.fromkeys(self.workers, 0)
+        self._missing: dict[int, int] = {}
         self._beats = {worker: (-1, time.monotonic()) for worker in self.workers}
         self.stalled: set[int] = set()
         self.stall_s = float(os.environ.get(STALL_ENV, DEFAULT_STALL_S))
@@ -234,6 +252,11 @@ class AsyncLearner:
                     self._watch()
                     return worker, index, payload
             self._watch()
+            if self.mailbox.finished() >= len(self.workers):
+                raise RuntimeError(
+                    "every rollout worker has given up (each failed more than "
+                    f"${RESTARTS_ENV} times; their failures were reported above): no batch can arrive. Training stops here."
+                )
             if time.monotonic() > deadline:
                 raise RuntimeError(
                     f"no rollout worker sent a batch in {timeout_s():g} s (${TIMEOUT_ENV}); workers stalled: "
@@ -273,15 +296,30 @@ class AsyncLearner:
             logger.record(f"async/worker{worker}_fps", fps)
         self._window = _Window(worker_fps=dict(window.worker_fps))
 
-    def _watch(self) -> None:
+    def _new_events(self, worker: int) -> list[str]:
+        """Worker ``worker``'s events not said yet, in order; one announced but not written yet is waited for
+        (a few watches), then passed over: its reporter died between the two."""
+        messages = []
+        for number in range(self._events_seen[worker] + 1, self.mailbox.n_events(worker) + 1):
+            message = self.mailbox.event(worker, number)
+            if message is None:
+                self._missing[worker] = self._missing.get(worker, 0) + 1
+                if self._missing[worker] < 10:
+                    break
+                message = f"worker {worker}: event {number} was announced but never written"
+            self._missing[worker] = 0
+            self._events_seen[worker] = number
+            messages.append(message)
+        return messages
+
+    def _watch(self, force: bool = False) -> None:
         """Say what happened to the workers (crashes, restarts) and which stopped stepping their environments."""
         now = time.monotonic()
-        if now - self._last_watch < WATCH_S:
+        if not force and now - self._last_watch < WATCH_S:
             return
         self._last_watch = now
         for worker in self.workers:
-            for message in self.mailbox.events(worker, self._events_seen[worker]):
-                self._events_seen[worker] += 1
+            for message in self._new_events(worker):
                 self.n_worker_failures += "exited with" in message
                 warnings.warn(f"async learner: {message}; the learner goes on", RuntimeWarning, stacklevel=2)
             beats = self.mailbox.beats(worker)
@@ -308,6 +346,7 @@ class AsyncLearner:
         deadline = time.monotonic() + wait_s
         while self.mailbox.finished() < len(self.workers) and time.monotonic() < deadline:
             time.sleep(0.05)
+        self._watch(force=True)  # what happened to the workers until the end is said too
 
 
 # ---------------------------------------------------------------------------------------------- the workers
@@ -419,7 +458,10 @@ def stack_observations(observations: list[Any], device: th.device) -> Any:
 def describe_exit(exitcode: int | None) -> str:
     """``exit code 1``, ``signal SIGKILL``: how a child process ended."""
     if exitcode is not None and exitcode < 0:
-        return f"signal {signal.Signals(-exitcode).name}"
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:  # a real-time signal has no name
+            return f"signal {-exitcode}"
     return f"exit code {exitcode}"
 
 
@@ -474,10 +516,10 @@ class WorkerSupervisor:
                 process.join()
 
 
-def run_child(work: Callable[[Mailbox], None], worker: int) -> None:
+def run_child(work: Callable[[Mailbox], None], worker: int, session: int) -> None:
     """A worker child's body: its own store connection, one thread, and any error reported before it exits."""
     th.set_num_threads(1)  # forked after the parent used torch: one thread avoids its OpenMP pool (as DataLoader's workers)
-    mailbox = Mailbox(reconnect_store())
+    mailbox = Mailbox(connect_store(), session)
     mailbox.store.set(f"pid/{worker}", str(os.getpid()))
     try:
         work(mailbox)
@@ -488,11 +530,17 @@ def run_child(work: Callable[[Mailbox], None], worker: int) -> None:
 
 @dataclass
 class AsyncRole:
-    """This process's part in an asynchronous run: the learner (rank 0) or a rollout worker."""
+    """This process's part in an asynchronous run: the learner (rank 0) or a rollout worker.
+
+    :ivar mailbox: the keys of the current session (one per ``learn()``, :meth:`begin`)
+    :ivar learner: rank 0's side of the current session
+    """
 
     rank: int
     world_size: int
-    mailbox: Mailbox
+    max_policy_lag: int
+    store: dist.Store
+    mailbox: Mailbox | None = None
     learner: AsyncLearner | None = None
 
     @property
@@ -504,6 +552,10 @@ class AsyncRole:
     def from_environment(cls, max_policy_lag: int) -> AsyncRole:
         """The role ``torchrun``'s environment gives this process (``RANK``, ``WORLD_SIZE``)."""
         rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        mailbox = Mailbox(connect_store())
-        learner = AsyncLearner(mailbox, world_size, max_policy_lag) if rank == 0 else None
-        return cls(rank, world_size, mailbox, learner)
+        return cls(rank, world_size, max_policy_lag, connect_store(rank))
+
+    def begin(self) -> Mailbox:
+        """A new session (a ``learn()``): its keys, and on rank 0 a new learner."""
+        self.mailbox = Mailbox(self.store, next(_SESSIONS))
+        self.learner = AsyncLearner(self.mailbox, self.world_size, self.max_policy_lag) if self.is_main else None
+        return self.mailbox

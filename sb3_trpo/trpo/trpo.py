@@ -286,7 +286,8 @@ class TRPO(DataParallelOnPolicyAlgorithm, CheckedFilesAlgorithm):
         waits for the learner (``docs/guide/asynchronous.rst``).
     :param max_policy_lag: Asynchronous training: the learner drops a batch whose behaviour policy is more
         than this many updates behind its own (counted in ``async/batches_dropped``); 0 makes every worker
-        wait for the update on its last batch, which is synchronous TRPO.
+        wait for the update on its last batch, which with one worker is synchronous TRPO (with ``K`` workers,
+        the other ``K − 1`` batches collected meanwhile are a version old, and dropped).
     :param importance_ratio: The denominator of the surrogate's importance ratio: ``"behaviour"``
         (default), the stored log-probabilities of the policy β that collected the batch, as in the
         paper; ``"current"``, the policy at the start of the update ``π_θk``, as if the batch were on-policy
