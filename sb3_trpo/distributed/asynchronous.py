@@ -56,7 +56,7 @@ RESTARTS_ENV = "SB3_TRPO_WORKER_RESTARTS"
 STALL_ENV = "SB3_TRPO_WORKER_STALL_TIMEOUT"
 DEFAULT_RESTARTS = 3
 DEFAULT_STALL_S = 60.0
-POLL_S = 0.002  # how often a waiting learner or worker looks at the store again
+POLL_S = (0.001, 0.02)  # a waiting learner or worker looks at the store again after 1 ms, 2 ms, ... up to 20 ms
 WATCH_S = 0.5  # how often the learner reads the workers' events and heartbeats while it waits
 BATCH_ARRAYS = ("observations", "actions", "rewards", "episode_starts", "log_probs")
 
@@ -236,6 +236,7 @@ class AsyncLearner:
         """
         start = time.perf_counter()
         deadline = time.monotonic() + timeout_s()
+        pause = POLL_S[0]
         while True:
             for offset in range(len(self.workers)):
                 worker = self.workers[(self._turn + offset) % len(self.workers)]
@@ -251,8 +252,7 @@ class AsyncLearner:
                     self._window.worker_fps[worker] = payload["steps"] / max(payload["seconds"], 1e-9)
                     self._watch()
                     return worker, index, payload
-            self._watch()
-            if self.mailbox.finished() >= len(self.workers):
+            if self._watch() and self.mailbox.finished() >= len(self.workers):
                 raise RuntimeError(
                     "every rollout worker has given up (each failed more than "
                     f"${RESTARTS_ENV} times; their failures were reported above): no batch can arrive. Training stops here."
@@ -262,7 +262,8 @@ class AsyncLearner:
                     f"no rollout worker sent a batch in {timeout_s():g} s (${TIMEOUT_ENV}); workers stalled: "
                     f"{sorted(self.stalled) or 'none seen'}. Training stops here."
                 )
-            time.sleep(POLL_S)
+            time.sleep(pause)  # backing off: each look costs the store's server (torchrun's agent) a request
+            pause = min(2 * pause, POLL_S[1])
 
     def lag(self, algorithm: Any, payload: dict[str, Any]) -> int:
         """How many versions the batch's behaviour policy is behind the learner's (recorded for the logs)."""
@@ -312,11 +313,12 @@ class AsyncLearner:
             messages.append(message)
         return messages
 
-    def _watch(self, force: bool = False) -> None:
-        """Say what happened to the workers (crashes, restarts) and which stopped stepping their environments."""
+    def _watch(self, force: bool = False) -> bool:
+        """Say what happened to the workers (crashes, restarts) and which stopped stepping their environments
+        (every ``WATCH_S`` at most, unless ``force``); whether it looked."""
         now = time.monotonic()
         if not force and now - self._last_watch < WATCH_S:
-            return
+            return False
         self._last_watch = now
         for worker in self.workers:
             for message in self._new_events(worker):
@@ -339,6 +341,7 @@ class AsyncLearner:
                     RuntimeWarning,
                     stacklevel=2,
                 )
+        return True
 
     def finish(self, wait_s: float = 30.0) -> None:
         """Tell the workers to stop, and wait (at most ``wait_s``) until they have: the store may be this process's."""
@@ -386,11 +389,13 @@ class AsyncWorker:
 
     def _wait(self, condition: Callable[[], bool]) -> bool:
         """Wait until ``condition``; False if the learner said stop first."""
+        pause = POLL_S[0]
         while not condition():
             if self.mailbox.stopped():
                 return False
             self.mailbox.beat(self.worker)
-            time.sleep(POLL_S)
+            time.sleep(pause)
+            pause = min(2 * pause, POLL_S[1])
         return True
 
     def _adopt_newest(self) -> None:
