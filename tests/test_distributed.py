@@ -124,6 +124,33 @@ def test_recurrent_trpo_trains_data_parallel_in_lockstep(tmp_path):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {"num_timesteps": 128, "n_updates": 2}
 
 
+@pytest.mark.timeout(300)
+def test_resynchronised_ranks_take_rank_0s_state_after_every_update(tmp_path):
+    launch.torchrun(WORKER, "resync", tmp_path, env={"SB3_TRPO_RESYNC": "1"})
+    np.testing.assert_array_equal(np.load(tmp_path / "rank0_parameters.npy"), np.load(tmp_path / "rank1_parameters.npy"))
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert reports[0]["beta"] == reports[1]["beta"]  # the penalty's β too, though rank 1 changed its own
+    assert reports[0]["n_updates"] == 3
+    # per update: the exchange, the resynchronisation and the checksum; plus the start's broadcast
+    assert reports[0]["collectives"] == reports[1]["collectives"] == 1 + 3 * 3
+
+
+def test_resync_is_on_across_machines_and_off_on_one(monkeypatch):
+    from sb3_trpo.distributed.data_parallel import DataParallel
+
+    class Ranks:  # a communicator's shape, without a process group
+        rank, world_size, is_main = 0, 4, True
+
+    monkeypatch.delenv("SB3_TRPO_RESYNC", raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert not DataParallel(Ranks()).resync  # type: ignore[arg-type]
+    assert DataParallel(Ranks(), on_gpu=True).resync  # type: ignore[arg-type]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # 2 machines of 2
+    assert DataParallel(Ranks()).resync  # type: ignore[arg-type]
+    monkeypatch.setenv("SB3_TRPO_RESYNC", "0")
+    assert not DataParallel(Ranks()).resync  # type: ignore[arg-type]
+
+
 def test_without_torchrun_a_model_trains_on_this_process_alone(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)

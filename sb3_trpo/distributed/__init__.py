@@ -29,7 +29,7 @@ def data_parallel_for(mode: str, device: th.device) -> DataParallel | None:
     """
     if mode == "off" or (mode == "auto" and not launched_by_torchrun()):
         return None
-    return DataParallel(Communicator(device=device))
+    return DataParallel(Communicator(device=device), on_gpu=device.type == "cuda")
 
 
 def rank_device(device: th.device) -> th.device:

@@ -22,6 +22,7 @@ training on any rank (then all stop).
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
     from stable_baselines3.common.buffers import RolloutBuffer
 
+RESYNC_ENV = "SB3_TRPO_RESYNC"
+
 # Arrays of the recurrent buffers whose environment axis is not the second: (n_steps, n_layers, n_envs, size).
 _ENV_AXIS = {"hidden_states_pi": 2, "cell_states_pi": 2, "hidden_states_vf": 2, "cell_states_vf": 2}
 
@@ -44,10 +47,23 @@ class DataParallel:
 
     :param communicator: the ranks of the run
     :param checksum_interval: compare the parameters across ranks every that many updates (0: never)
+    :param resync: after every update, every rank takes rank 0's parameters, optimiser states and
+        synchronised attributes (one more collective): for ranks whose arithmetic may differ in the last bits.
+        Default (None): ``$SB3_TRPO_RESYNC`` (``1`` or ``0``) if set, else on when the ranks span several
+        machines (``LOCAL_WORLD_SIZE < WORLD_SIZE``: other CPUs, other BLAS) or train on GPUs
+        (non-deterministic kernels); ranks of one machine's CPU stay bit-identical without it.
     """
 
-    def __init__(self, communicator: Communicator, checksum_interval: int = 10) -> None:
+    def __init__(
+        self, communicator: Communicator, checksum_interval: int = 10, resync: bool | None = None, on_gpu: bool = False
+    ) -> None:
         self.communicator, self.checksum_interval = communicator, checksum_interval
+        if resync is None:
+            forced = os.environ.get(RESYNC_ENV)
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", communicator.world_size))
+            resync = forced == "1" if forced in ("0", "1") else (local < communicator.world_size or on_gpu)
+        self.resync = resync
+        self._attributes: list[str] = []
         self.buffer: RolloutBuffer | None = None  # the union of the ranks' rollouts, once gathered
         self._episodes: list[dict[str, Any]] = []  # episodes this rank finished during the rollout
         self._successes: list[Any] = []
@@ -70,6 +86,7 @@ class DataParallel:
 
     def synchronize(self, algorithm: BaseAlgorithm, attributes: Iterable[str]) -> None:
         """Rank 0's parameters, optimiser states, ``attributes`` and ``VecNormalize`` statistics on every rank."""
+        self._attributes = list(attributes)
         vec_normalize = algorithm.get_vec_normalize_env()
         state = {
             "parameters": _to_cpu(algorithm.get_parameters()),  # unpickled on the CPU of every rank, not on GPU 0
@@ -161,11 +178,36 @@ class DataParallel:
     # ------------------------------------------------------------------ after the update
 
     def after_update(self, algorithm: BaseAlgorithm, n_updates: int) -> None:
-        """This rank's NumPy stream back (rank 0's served the update), then :meth:`check_lockstep`."""
+        """This rank's NumPy stream back (rank 0's served the update), :meth:`resynchronize` where on, then
+        :meth:`check_lockstep`."""
         if self._own_numpy_state is not None:
             np.random.set_state(self._own_numpy_state)
             self._own_numpy_state = None
+        if self.resync:
+            self.resynchronize(algorithm)
         self.check_lockstep(algorithm, n_updates)
+
+    def resynchronize(self, algorithm: BaseAlgorithm) -> None:
+        """Every rank takes rank 0's state after an update (one collective): drift in the last bits cannot grow.
+
+        The state dicts are loaded in place, so the backends, which hold the parameters, stay as they are.
+        """
+        state = None
+        if self.is_main:
+            state = {
+                "parameters": _to_cpu(algorithm.get_parameters()),
+                "attributes": {name: getattr(algorithm, name) for name in self._attributes},
+            }
+        state = self.communicator.broadcast(state)
+        if self.is_main:
+            return
+        for name, values in state["parameters"].items():
+            target = algorithm
+            for part in name.split("."):
+                target = getattr(target, part)
+            target.load_state_dict(values)  # type: ignore[attr-defined]
+        for name, value in state["attributes"].items():
+            setattr(algorithm, name, value)
 
     def check_lockstep(self, algorithm: BaseAlgorithm, n_updates: int, force: bool = False) -> None:
         """Every ``checksum_interval`` updates (or when ``force``), raise if the ranks' parameters differ."""
