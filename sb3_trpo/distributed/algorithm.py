@@ -79,7 +79,7 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
                 "(rank 0 learns, the others collect)",
                 distributed,
             )
-            self._async = AsyncRole.from_environment(max_policy_lag)
+            self._async = AsyncRole.from_environment()
             role = f"learner (rank 0) with {self._async.world_size - 1} rollout worker(s)"
         else:
             self._data_parallel = data_parallel_for(distributed, get_device(device))
@@ -236,7 +236,7 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
                 self.distributed,
             )
             self._data_parallel = None
-            self._async = AsyncRole.from_environment(self.max_policy_lag)
+            self._async = AsyncRole.from_environment()
         if not self._async.is_main:
             require(
                 self.device.type == "cpu",

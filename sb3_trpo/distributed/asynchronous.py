@@ -197,11 +197,10 @@ class AsyncLearner:
 
     :param mailbox: the store's keys
     :param world_size: the number of ranks (workers are ranks 1 to ``world_size − 1``)
-    :param max_policy_lag: batches collected by a policy more than this many versions old are dropped
     """
 
-    def __init__(self, mailbox: Mailbox, world_size: int, max_policy_lag: int) -> None:
-        self.mailbox, self.max_policy_lag = mailbox, max_policy_lag
+    def __init__(self, mailbox: Mailbox, world_size: int) -> None:
+        self.mailbox = mailbox
         self.workers = list(range(1, world_size))
         self._next = dict.fromkeys(self.workers, 0)  # the next batch to read from each worker
         self._turn = 0  # round-robin start, so that one fast worker cannot starve the others
@@ -543,7 +542,6 @@ class AsyncRole:
 
     rank: int
     world_size: int
-    max_policy_lag: int
     store: dist.Store
     mailbox: Mailbox | None = None
     learner: AsyncLearner | None = None
@@ -554,13 +552,13 @@ class AsyncRole:
         return self.rank == 0
 
     @classmethod
-    def from_environment(cls, max_policy_lag: int) -> AsyncRole:
+    def from_environment(cls) -> AsyncRole:
         """The role ``torchrun``'s environment gives this process (``RANK``, ``WORLD_SIZE``)."""
         rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        return cls(rank, world_size, max_policy_lag, connect_store(rank))
+        return cls(rank, world_size, connect_store(rank))
 
     def begin(self) -> Mailbox:
         """A new session (a ``learn()``): its keys, and on rank 0 a new learner."""
         self.mailbox = Mailbox(self.store, next(_SESSIONS))
-        self.learner = AsyncLearner(self.mailbox, self.world_size, self.max_policy_lag) if self.is_main else None
+        self.learner = AsyncLearner(self.mailbox, self.world_size) if self.is_main else None
         return self.mailbox
