@@ -104,6 +104,21 @@ def main() -> None:
         if rank == 0:
             messages = [str(warning.message) for warning in caught if "async learner" in str(warning.message)]
             (out / "warnings.json").write_text(json.dumps(messages))
+    elif mode == "vecnormalize":  # the workers' VecNormalize moments reach the learner once each
+        from stable_baselines3.common.env_util import make_vec_env
+        from stable_baselines3.common.vec_env import VecNormalize
+
+        env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1), gamma=0.9)
+        model = TRPO("MlpPolicy", env, **SETTINGS, gamma=0.9, distributed="async", max_policy_lag=0)
+        if rank == 0:
+            record_updates(model, out, lags)
+        model.learn(4 * 128)
+        if rank == 0:
+            (out / "statistics.json").write_text(
+                json.dumps(
+                    {"obs_count": env.obs_rms.count, "ret_count": env.ret_rms.count, "obs_mean": env.obs_rms.mean.tolist()}
+                )
+            )
     elif mode == "twice":  # two learn() calls, the second on a model loaded with distributed="async"
         model = TRPO("MlpPolicy", "Pendulum-v1", **SETTINGS, distributed="async", max_policy_lag=8)
         model.learn(3 * 128)

@@ -242,6 +242,19 @@ def test_a_killed_worker_is_restarted_and_the_learner_carries_on(tmp_path):
 
 
 @pytest.mark.timeout(300)
+def test_the_learner_merges_each_workers_vecnormalize_moments_once(tmp_path):
+    launch.torchrun(WORKER, "vecnormalize", tmp_path)
+    report = json.loads((tmp_path / "learner.json").read_text())
+    statistics = json.loads((tmp_path / "statistics.json").read_text())
+    received = report["received"]
+    # RunningMeanStd starts at count 1e-4; the learner's own reset when learn() starts adds 1; then every batch
+    # adds its 128 observations and returns, merged as the worker's deltas, once.
+    assert statistics["obs_count"] == pytest.approx(1e-4 + 1 + 128 * received)
+    assert statistics["ret_count"] == pytest.approx(1e-4 + 128 * received)
+    assert np.isfinite(statistics["obs_mean"]).all()
+
+
+@pytest.mark.timeout(300)
 def test_learn_twice_and_load_with_async_each_start_a_session_of_their_own(tmp_path):
     launch.torchrun(WORKER, "twice", tmp_path)
     report = json.loads((tmp_path / "learner.json").read_text())
