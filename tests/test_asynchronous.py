@@ -342,3 +342,38 @@ def test_the_learner_recomputes_values_and_truncation_bootstraps_with_its_own_cr
         running = delta + model.gamma * model.gae_lambda * (1 - next_start) * running
         advantages[t] = running
     np.testing.assert_allclose(buffer.advantages[:, 0], advantages, rtol=1e-4, atol=1e-4)
+
+
+def test_learner_callbacks_see_each_received_steps_dones_and_rewards():
+    """The learner calls ``on_step`` once per ``n_envs`` steps of a batch, with that step's dones and rewards."""
+    from stable_baselines3.common.callbacks import BaseCallback, StopTrainingOnMaxEpisodes
+
+    class Record(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[tuple[list[bool], list[float]]] = []
+
+        def _on_step(self) -> bool:
+            self.seen.append((self.locals["dones"].tolist(), self.locals["rewards"].tolist()))
+            return True
+
+    model = TRPO("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=2), n_steps=4, batch_size=8)
+    model._setup_learn(100, None)
+    starts = np.array([[1, 0], [0, 0], [0, 1], [1, 0]], dtype=np.float32)  # episodes start at these steps
+    rewards = np.arange(8, dtype=np.float32).reshape(4, 2)
+    batch = {
+        "steps": 8,
+        "episodes": [{"r": 1.0, "l": 2}],
+        "successes": [],
+        "arrays": {"episode_starts": starts, "rewards": rewards},
+        "last_episode_starts": np.array([0.0, 1.0]),
+    }
+    record = Record()
+    record.init_callback(model)
+    assert model._count_batch(batch, record)
+    assert [dones for dones, _ in record.seen] == [[False, False], [False, True], [True, False], [False, True]]
+    assert [step_rewards for _, step_rewards in record.seen] == rewards.tolist()
+    assert model.num_timesteps == 8
+    stop = StopTrainingOnMaxEpisodes(max_episodes=1)  # SB3's own, which reads locals["dones"]
+    stop.init_callback(model)
+    assert not model._count_batch(batch, stop)  # 3 episodes end in the batch: more than 1 per environment

@@ -267,12 +267,12 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
         assert self._async.mailbox is not None
         learner, mailbox = self._async.learner, self._async.mailbox
         iteration = 0
-        total_timesteps, callback = self._setup_learn(
-            total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
-        )
-        callback.on_training_start(locals(), globals())
-        learner.start(self)
-        try:
+        try:  # whatever happens, the workers are told to stop
+            total_timesteps, callback = self._setup_learn(
+                total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
+            )
+            callback.on_training_start(locals(), globals())
+            learner.start(self)
             while self.num_timesteps < total_timesteps:
                 worker, index, batch = learner.next_batch()
                 callback.on_rollout_start()
@@ -297,20 +297,32 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
                 learner.publish(self)
                 mailbox.consume(worker, index)
         finally:
-            learner.finish()
+            learner.finish(self)
         callback.on_training_end()
         return self
 
     def _count_batch(self, batch: dict[str, Any], callback: BaseCallback) -> bool:
-        """A received batch's steps and episodes into the learner's counts; False if a callback stopped training."""
+        """A received batch's steps and episodes into the learner's counts; False if a callback stopped training.
+
+        Each ``on_step`` sees that step's ``dones`` (read off the batch's episode starts) and ``rewards`` in the
+        callback's locals; its ``infos`` are empty dicts: a worker's infos stay with it (its finished episodes
+        reach ``ep_info_buffer``).
+        """
         assert self.ep_info_buffer is not None
         assert self.ep_success_buffer is not None
         self.ep_info_buffer.extend(batch["episodes"])
         self.ep_success_buffer.extend(batch["successes"])
+        starts, rewards = batch["arrays"]["episode_starts"], batch["arrays"]["rewards"]
+        # Done after step t: an episode starts at step t + 1 (after the last step: the worker's next episode start).
+        dones = np.concatenate([starts[1:], np.asarray(batch["last_episode_starts"])[None]]).astype(bool)
         continue_training, steps = True, int(batch["steps"])
-        while steps > 0:
+        for step in range(dones.shape[0]):
+            if steps <= 0:
+                break
             self.num_timesteps += min(self.n_envs, steps)
             steps -= self.n_envs
+            infos: list[dict[str, Any]] = [{} for _ in range(self.n_envs)]
+            callback.update_locals({"dones": dones[step], "rewards": rewards[step], "infos": infos})
             continue_training = continue_training and callback.on_step()
         return continue_training
 
@@ -360,6 +372,9 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
             )
 
         WorkerSupervisor(mailbox, rank, child).run()
+        final = mailbox.final()  # the learner's counts: a loop of learn() calls ends on every rank alike
+        if final is not None:
+            self.num_timesteps, self._n_updates = final
 
     def _collect_for_learner(self, mailbox: Any, incarnation: int, total_timesteps: int, tb_log_name: str) -> None:
         """The worker child's loop: a restarted worker (``incarnation`` > 1) reseeds, so it never repeats an episode."""

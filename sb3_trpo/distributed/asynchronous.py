@@ -28,6 +28,7 @@ current policy (``TRPO._policy_batch``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import multiprocessing
@@ -74,7 +75,7 @@ def connect_store(rank: int | None = None) -> dist.Store:
     worker calls this again for a connection of its own (a socket must not be shared between processes).
     """
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
-    host = rank == 0 and not agent and not dist.is_initialized()
+    host = rank == 0 and not agent  # multi-tenant: a process group's server on that port, if any, is shared
     store = dist.TCPStore(
         os.environ["MASTER_ADDR"],
         int(os.environ["MASTER_PORT"]),
@@ -83,7 +84,9 @@ def connect_store(rank: int | None = None) -> dist.Store:
         wait_for_workers=False,
         multi_tenant=True,
     )
-    return dist.PrefixStore(STORE_PREFIX, store)
+    # torchrun's agent keeps its store across --max-restarts: each attempt of each run has keys of its own.
+    attempt = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+    return dist.PrefixStore(STORE_PREFIX + attempt, store)
 
 
 _SESSIONS = itertools.count()
@@ -177,6 +180,16 @@ class Mailbox:
 
     def finished(self) -> int:
         return self._count("finished")
+
+    def set_final(self, num_timesteps: int, n_updates: int) -> None:
+        self.store.set("final", f"{num_timesteps} {n_updates}")
+
+    def final(self) -> tuple[int, int] | None:
+        """The learner's ``num_timesteps`` and update count when it stopped, if it said."""
+        if not self.store.check(["final"]):
+            return None
+        num_timesteps, n_updates = self.store.get("final").decode().split()
+        return int(num_timesteps), int(n_updates)
 
 
 # ---------------------------------------------------------------------------------------------- the learner
@@ -342,10 +355,13 @@ class AsyncLearner:
                 )
         return True
 
-    def finish(self, wait_s: float = 30.0) -> None:
-        """Tell the workers to stop, and wait (at most ``wait_s``) until they have: the store may be this process's."""
+    def finish(self, algorithm: Any = None) -> None:
+        """Tell the workers to stop (and the counts they end ``learn()`` with), then wait until they have, or
+        their supervisors have killed them (the stall timeout): the store may be this process's."""
+        if algorithm is not None:
+            self.mailbox.set_final(algorithm.num_timesteps, algorithm._n_updates)
         self.mailbox.stop()
-        deadline = time.monotonic() + wait_s
+        deadline = time.monotonic() + self.stall_s + 4 * WATCH_S
         while self.mailbox.finished() < len(self.workers) and time.monotonic() < deadline:
             time.sleep(0.05)
         self._watch(force=True)  # what happened to the workers until the end is said too
@@ -375,8 +391,8 @@ class AsyncWorker:
         while not mailbox.stopped():
             if lag_zero and not self._wait(lambda: mailbox.consumed(self.worker) >= mailbox.sent(self.worker)):
                 break  # lag 0: the learner has used (or dropped) our last batch, and published what followed
-            if not self._wait(lambda: mailbox.version() >= 0):
-                break
+            if not self._wait(lambda: mailbox.version() >= 0, deadline=timeout_s()):
+                break  # no learner in this session (stopped, or never came)
             self._adopt_newest()
             algorithm._async_truncations = []
             start = time.perf_counter()
@@ -386,11 +402,11 @@ class AsyncWorker:
             seconds = time.perf_counter() - start
             mailbox.send(self.worker, self._payload(algorithm.num_timesteps - steps_before, seconds))
 
-    def _wait(self, condition: Callable[[], bool]) -> bool:
-        """Wait until ``condition``; False if the learner said stop first."""
-        pause = POLL_S[0]
+    def _wait(self, condition: Callable[[], bool], deadline: float | None = None) -> bool:
+        """Wait until ``condition``; False if the learner said stop first, or after ``deadline`` seconds."""
+        pause, end = POLL_S[0], None if deadline is None else time.monotonic() + deadline
         while not condition():
-            if self.mailbox.stopped():
+            if self.mailbox.stopped() or (end is not None and time.monotonic() > end):
                 return False
             self.mailbox.beat(self.worker)
             time.sleep(pause)
@@ -495,7 +511,7 @@ class WorkerSupervisor:
             process.start()
             self.mailbox.store.set(f"pid/{self.worker}", str(process.pid))
             self._wait(process)
-            if process.exitcode == 0 or self.mailbox.stopped():
+            if process.exitcode == 0 or self._stopped():
                 break
             restarts += 1
             message = f"worker {self.worker} (pid {process.pid}) exited with {describe_exit(process.exitcode)}"
@@ -504,8 +520,16 @@ class WorkerSupervisor:
                 break
             self.mailbox.report(self.worker, f"{message}; restarted ({restarts} of {self.max_restarts})")
             incarnation += 1
-        self.mailbox.finish()
+        with contextlib.suppress(RuntimeError, dist.DistError):  # the learner's process (and the store it hosted) is gone
+            self.mailbox.finish()
         return restarts
+
+    def _stopped(self) -> bool:
+        """Whether the learner has stopped; a store that no longer answers means it has."""
+        try:
+            return self.mailbox.stopped()
+        except (RuntimeError, dist.DistError):
+            return True
 
     def _wait(self, process: Any) -> None:
         """Until the child ends; once the learner has stopped, a child still busy after the stall timeout
@@ -513,7 +537,7 @@ class WorkerSupervisor:
         stopped_at = None
         while process.is_alive():
             process.join(WATCH_S)
-            if stopped_at is None and self.mailbox.stopped():
+            if stopped_at is None and self._stopped():
                 stopped_at = time.monotonic()
             if stopped_at is not None and time.monotonic() - stopped_at > self.stall_s and process.is_alive():
                 process.kill()
