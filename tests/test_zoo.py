@@ -255,3 +255,13 @@ def test_checkpoints_and_vec_normalize_statistics_are_saved_atomically(zoo, tmp_
     for checkpoint in checkpoints:
         assert TRPO.load(checkpoint, device="cpu").num_timesteps > 0
     assert not list(tmp_path.rglob("*.tmp"))  # no temporary file left behind
+
+
+def test_an_optuna_search_under_torchrun_is_refused(monkeypatch):
+    from sb3_trpo.zoo.__main__ import for_this_rank
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit, match="--optimize runs on one process"):
+        for_this_rank(["--algo", "trpo", "--env", "CartPole-v1", "--optimize"])
+    assert for_this_rank(["--algo", "trpo"]) == ["--algo", "trpo"]  # rank 0 trains as usual

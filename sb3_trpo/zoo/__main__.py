@@ -90,6 +90,12 @@ def for_this_rank(train_args: list[str]) -> list[str]:
     keep rl_zoo3's files in a scratch folder of their own (the last values on the line win).
     """
     rank = int(os.environ.get("RANK", "0"))
+    if launched_by_torchrun() and any(arg in ("-optimize", "--optimize", "--optimize-hyperparameters") for arg in train_args):
+        # Each rank would sample its own trial's hyperparameters: the ranks of one model would disagree.
+        raise SystemExit(
+            "train --optimize runs on one process: launch it without torchrun (rl_zoo3's --n-jobs runs trials in "
+            "parallel); train the chosen hyperparameters under torchrun afterwards"
+        )
     if not launched_by_torchrun() or rank == 0:
         return train_args
     scratch = tempfile.mkdtemp(prefix=f"sb3_trpo_zoo_rank{rank}_")
