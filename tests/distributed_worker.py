@@ -84,7 +84,11 @@ def main() -> None:
         (out / f"rank{rank}.json").write_text(json.dumps(report))
         model.save(out / "model")
     elif mode == "resync":  # rank 1 drifts before every resynchronisation: rank 0's state wins each time
-        model = TRPOPenalty("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_critic_updates=2, seed=5)
+        from stable_baselines3.common.env_util import make_vec_env
+        from stable_baselines3.common.vec_env import VecNormalize
+
+        env = VecNormalize(make_vec_env("CartPole-v1", n_envs=1))
+        model = TRPOPenalty("MlpPolicy", env, n_steps=64, batch_size=32, n_critic_updates=2, seed=5)
         parallel = model._data_parallel
         assert parallel is not None
         assert parallel.resync  # SB3_TRPO_RESYNC=1
@@ -96,12 +100,14 @@ def main() -> None:
                 with th.no_grad():
                     next(algorithm.policy.parameters()).add_(1e-3)
                 algorithm.beta *= 1.5  # type: ignore[attr-defined]
+                env.obs_rms.mean += 1e-3
             resynchronize(algorithm)
 
         parallel.resynchronize = drift_then_resynchronize  # type: ignore[method-assign]
         model.learn(3 * 64 * 2)
         np.save(out / f"rank{rank}_parameters.npy", flat_parameters(model))
         report = {"beta": model.beta, "n_updates": model._n_updates, "collectives": parallel.communicator.n_collectives}
+        report["obs_mean"] = env.obs_rms.mean.tolist()
         (out / f"rank{rank}.json").write_text(json.dumps(report))
     elif mode in ("vecnormalize", "vecnormalize_rewards_only"):
         from stable_baselines3.common.env_util import make_vec_env

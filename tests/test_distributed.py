@@ -130,6 +130,7 @@ def test_resynchronised_ranks_take_rank_0s_state_after_every_update(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "rank0_parameters.npy"), np.load(tmp_path / "rank1_parameters.npy"))
     reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert reports[0]["beta"] == reports[1]["beta"]  # the penalty's β too, though rank 1 changed its own
+    assert reports[0]["obs_mean"] == reports[1]["obs_mean"]  # and VecNormalize's statistics
     assert reports[0]["n_updates"] == 3
     # per update: the exchange, the resynchronisation and the checksum; plus the start's broadcast
     assert reports[0]["collectives"] == reports[1]["collectives"] == 1 + 3 * 3

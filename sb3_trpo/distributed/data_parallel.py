@@ -87,22 +87,31 @@ class DataParallel:
     def synchronize(self, algorithm: BaseAlgorithm, attributes: Iterable[str]) -> None:
         """Rank 0's parameters, optimiser states, ``attributes`` and ``VecNormalize`` statistics on every rank."""
         self._attributes = list(attributes)
-        vec_normalize = algorithm.get_vec_normalize_env()
-        state = {
-            "parameters": _to_cpu(algorithm.get_parameters()),  # unpickled on the CPU of every rank, not on GPU 0
-            "attributes": {name: getattr(algorithm, name) for name in attributes},
-            "statistics": None if vec_normalize is None else (getattr(vec_normalize, "obs_rms", None), vec_normalize.ret_rms),
-        }
-        state = self.communicator.broadcast(state if self.is_main else None)
+        state = self.communicator.broadcast(self._state(algorithm) if self.is_main else None)
         if not self.is_main:
             algorithm.set_parameters(state["parameters"], exact_match=True, device=algorithm.device)
-            for name, value in state["attributes"].items():
-                setattr(algorithm, name, value)
-            if vec_normalize is not None:
-                obs_rms, vec_normalize.ret_rms = copy.deepcopy(state["statistics"])
-                if obs_rms is not None:
-                    vec_normalize.obs_rms = obs_rms
-        self._statistics = _snapshot(vec_normalize)
+            self._adopt(algorithm, state)
+        self._statistics = _snapshot(algorithm.get_vec_normalize_env())
+
+    def _state(self, algorithm: BaseAlgorithm) -> dict[str, Any]:
+        """What every rank takes from rank 0: parameters and optimiser states (on the CPU: unpickled on the CPU of
+        every rank, not on GPU 0), the synchronised attributes and ``VecNormalize``'s statistics."""
+        vec_normalize = algorithm.get_vec_normalize_env()
+        return {
+            "parameters": _to_cpu(algorithm.get_parameters()),
+            "attributes": {name: getattr(algorithm, name) for name in self._attributes},
+            "statistics": None if vec_normalize is None else (getattr(vec_normalize, "obs_rms", None), vec_normalize.ret_rms),
+        }
+
+    def _adopt(self, algorithm: BaseAlgorithm, state: dict[str, Any]) -> None:
+        """Rank 0's attributes and ``VecNormalize`` statistics (the parameters are the caller's)."""
+        for name, value in state["attributes"].items():
+            setattr(algorithm, name, value)
+        vec_normalize = algorithm.get_vec_normalize_env()
+        if vec_normalize is not None:
+            obs_rms, vec_normalize.ret_rms = copy.deepcopy(state["statistics"])
+            if obs_rms is not None:
+                vec_normalize.obs_rms = obs_rms
 
     # ------------------------------------------------------------------ after each rollout: the union
 
@@ -192,13 +201,7 @@ class DataParallel:
 
         The state dicts are loaded in place, so the backends, which hold the parameters, stay as they are.
         """
-        state = None
-        if self.is_main:
-            state = {
-                "parameters": _to_cpu(algorithm.get_parameters()),
-                "attributes": {name: getattr(algorithm, name) for name in self._attributes},
-            }
-        state = self.communicator.broadcast(state)
+        state = self.communicator.broadcast(self._state(algorithm) if self.is_main else None)
         if self.is_main:
             return
         for name, values in state["parameters"].items():
@@ -206,8 +209,8 @@ class DataParallel:
             for part in name.split("."):
                 target = getattr(target, part)
             target.load_state_dict(values)  # type: ignore[attr-defined]
-        for name, value in state["attributes"].items():
-            setattr(algorithm, name, value)
+        self._adopt(algorithm, state)
+        self._statistics = _snapshot(algorithm.get_vec_normalize_env())  # the next moments are counted from these
 
     def check_lockstep(self, algorithm: BaseAlgorithm, n_updates: int, force: bool = False) -> None:
         """Every ``checksum_interval`` updates (or when ``force``), raise if the ranks' parameters differ."""
