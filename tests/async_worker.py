@@ -18,6 +18,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch as th
+from launch import flat_parameters
 from stable_baselines3.common.logger import configure
 
 from sb3_trpo import TRPO, TRPOPenalty
@@ -26,10 +27,6 @@ from sb3_trpo.distributed.asynchronous import AsyncLearner
 # Pendulum's episodes are truncated at 200 steps: the learner's bootstrap of truncated episodes is exercised.
 sources: list[tuple[int, int]] = []  # (worker, incarnation) of every batch the learner received
 SETTINGS = {"n_steps": 128, "batch_size": 64, "n_critic_updates": 3, "seed": 7, "target_kl": 0.02}
-
-
-def flat_parameters(model: TRPO) -> np.ndarray:
-    return np.concatenate([p.detach().numpy().ravel() for p in model.policy.parameters()])
 
 
 def record_updates(model: TRPO, out: Path, lags: list[int]) -> None:
@@ -57,6 +54,16 @@ def record_updates(model: TRPO, out: Path, lags: list[int]) -> None:
 
     AsyncLearner.lag = recorded_lag  # type: ignore[method-assign]
     AsyncLearner.next_batch = recorded_next_batch  # type: ignore[method-assign]
+
+
+def learn_keeping_warnings(model: TRPO, steps: int, out: Path, rank: int) -> None:
+    """``learn(steps)``; the learner writes what it warned of the workers into ``warnings.json``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.learn(steps)
+    if rank == 0:
+        messages = [str(warning.message) for warning in caught if "async learner" in str(warning.message)]
+        (out / "warnings.json").write_text(json.dumps(messages))
 
 
 def main() -> None:
@@ -98,12 +105,7 @@ def main() -> None:
                     killed.append(pid)
 
             model.train = train_then_kill  # type: ignore[method-assign]
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            model.learn(10 * 128)
-        if rank == 0:
-            messages = [str(warning.message) for warning in caught if "async learner" in str(warning.message)]
-            (out / "warnings.json").write_text(json.dumps(messages))
+        learn_keeping_warnings(model, 10 * 128, out, rank)
     elif mode == "vecnormalize":  # the workers' VecNormalize moments reach the learner once each
         from stable_baselines3.common.env_util import make_vec_env
         from stable_baselines3.common.vec_env import VecNormalize
@@ -160,12 +162,7 @@ def main() -> None:
         model = TRPO("MlpPolicy", env, **SETTINGS, distributed="async", max_policy_lag=8)
         if rank == 0:
             record_updates(model, out, lags)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            model.learn(48 * 128)
-        if rank == 0:
-            messages = [str(warning.message) for warning in caught if "async learner" in str(warning.message)]
-            (out / "warnings.json").write_text(json.dumps(messages))
+        learn_keeping_warnings(model, 48 * 128, out, rank)
     else:
         raise ValueError(f"unknown mode {mode}")
     if rank == 0:

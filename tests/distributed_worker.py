@@ -14,15 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch as th
+from launch import flat_parameters
 
 from sb3_trpo import TRPO, RecurrentTRPO, TRPOPenalty
 
 UPDATE_SETTINGS = {"n_steps": 64, "batch_size": 32, "n_critic_updates": 3, "seed": 3, "target_kl": 0.02}
 BUFFER_ARRAYS = ("observations", "actions", "rewards", "returns", "episode_starts", "values", "log_probs", "advantages")
-
-
-def flat_parameters(model: TRPO) -> np.ndarray:
-    return np.concatenate([p.detach().numpy().ravel() for p in model.policy.parameters()])
 
 
 def record_updates(model: TRPO, out: Path, rank: int) -> None:

@@ -1,5 +1,5 @@
-"""Start a multi-process test script under ``torchrun`` with a timeout (``tests/test_distributed.py``,
-``tests/test_asynchronous.py``): a hang fails the test instead of stalling the suite."""
+"""What the multi-process tests share: a script started under ``torchrun`` with a timeout (a hang fails the
+test instead of stalling the suite), and a model's parameters as one flat array."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
 
 PORT_RACE = ("Address already in use", "EADDRINUSE")
 
@@ -35,3 +39,17 @@ def torchrun(
             break
     assert result.returncode == 0, f"torchrun {mode} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
     return result
+
+
+def flat_parameters(model: Any) -> np.ndarray:
+    """Every parameter of ``model.policy``, in order, as one array."""
+    return np.concatenate([p.detach().numpy().ravel() for p in model.policy.parameters()])
+
+
+def set_parameters(model: Any, flat: np.ndarray) -> None:
+    """The inverse of :func:`flat_parameters`."""
+    offset = 0
+    with th.no_grad():
+        for param in model.policy.parameters():
+            param.copy_(th.as_tensor(flat[offset : offset + param.numel()]).view_as(param))
+            offset += param.numel()

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch as th
+from launch import flat_parameters, set_parameters
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 
@@ -168,18 +169,6 @@ def test_recurrent_trpo_refuses_async(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- runs
-
-
-def flat_parameters(model: TRPO) -> np.ndarray:
-    return np.concatenate([p.detach().numpy().ravel() for p in model.policy.parameters()])
-
-
-def set_parameters(model: TRPO, flat: np.ndarray) -> None:
-    offset = 0
-    with th.no_grad():
-        for param in model.policy.parameters():
-            param.copy_(th.as_tensor(flat[offset : offset + param.numel()]).view_as(param))
-            offset += param.numel()
 
 
 @pytest.mark.timeout(300)

@@ -16,6 +16,7 @@ import launch
 import numpy as np
 import pytest
 import torch as th
+from launch import flat_parameters, set_parameters
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 
@@ -29,18 +30,6 @@ UPDATE_SETTINGS = {"n_steps": 64, "batch_size": 32, "n_critic_updates": 3, "seed
 def torchrun(mode: str, out: Path, timeout: float = 240.0) -> None:
     """Run ``mode`` of the worker on 2 ranks, with a timeout."""
     launch.torchrun(WORKER, mode, out, timeout)
-
-
-def set_parameters(model: TRPO, flat: np.ndarray) -> None:
-    offset = 0
-    with th.no_grad():
-        for param in model.policy.parameters():
-            param.copy_(th.as_tensor(flat[offset : offset + param.numel()]).view_as(param))
-            offset += param.numel()
-
-
-def flat_parameters(model: TRPO) -> np.ndarray:
-    return np.concatenate([p.detach().numpy().ravel() for p in model.policy.parameters()])
 
 
 @pytest.mark.timeout(300)
