@@ -175,7 +175,13 @@ class Recorder(BaseCallback):
         super().__init__()
         self.eval_env, self.eval_seed, self.eval_every = eval_env, eval_seed, eval_every
         self.eval_episodes, self.final = eval_episodes, final
-        self.curve: dict[str, list[float]] = {"eval_timesteps": [], "eval_elapsed_s": [], "eval_mean": [], "eval_std": []}
+        self.curve: dict[str, list[float]] = {
+            "eval_timesteps": [],
+            "eval_elapsed_s": [],
+            "eval_cpu_s": [],
+            "eval_mean": [],
+            "eval_std": [],
+        }
         self.trace: dict[str, list[float]] = {"timesteps": [], "kl": [], "beta": []}
         self.train_values: dict[str, list[float]] = {}
         self.times = {"eval_wall": 0.0, "eval_cpu": 0.0, "update_wall": 0.0, "update_cpu": 0.0}
@@ -227,6 +233,7 @@ class Recorder(BaseCallback):
         returns = run_policy(self.model, self.eval_env, self.eval_seed, episodes, steps)
         self.curve["eval_timesteps"].append(int(self.num_timesteps))
         self.curve["eval_elapsed_s"].append(start_wall - self.start[0] - self.times["eval_wall"])
+        self.curve["eval_cpu_s"].append(start_cpu - self.start[1] - self.times["eval_cpu"])
         self.curve["eval_mean"].append(float(np.mean(returns)))
         self.curve["eval_std"].append(float(np.std(returns)))
         self.times["eval_wall"] += time.perf_counter() - start_wall
@@ -484,8 +491,12 @@ def final_table(groups: Groups, reference: str) -> str:
 
 
 def time_to_target(run: Run, goal: float) -> tuple[int, float | None] | None:
-    """(steps, training wall-clock seconds) at the first evaluation whose mean return reaches ``goal``; None if none."""
-    elapsed = run.get("eval_elapsed_s") or [None] * len(run["eval_timesteps"])
+    """(steps, training seconds) at the first evaluation whose mean return reaches ``goal``; None if none.
+
+    The seconds are the run's CPU time (one thread: its wall-clock time on a core of its own, whatever else the
+    machine runs), or its wall-clock time for a run from before CPU times were recorded.
+    """
+    elapsed = run.get("eval_cpu_s") or run.get("eval_elapsed_s") or [None] * len(run["eval_timesteps"])
     for steps, value, seconds in zip(run["eval_timesteps"], run["eval_mean"], elapsed, strict=True):
         if value >= goal:
             return int(steps), seconds
@@ -508,8 +519,9 @@ def time_table(groups: Groups) -> str:
             per_seed = ", ".join(
                 "never"
                 if hit is None
-                else f"{format_number(hit[1], 0) if hit[1] is not None else 'n/a'} ({hit[0] / 1000:.0f}k)"
-                for hit in reached
+                else f"{format_number(hit[1], 0) if hit[1] is not None else 'n/a'}"
+                f"{'' if run.get('eval_cpu_s') or hit[1] is None else ' (wall)'} ({hit[0] / 1000:.0f}k)"
+                for run, hit in zip(row, reached, strict=True)
             )
             lines.append(
                 f"| {env_id} | {goal:g} | {algo} | {steps:,} | {sum(hit is not None for hit in reached)} of {len(row)} | "
@@ -518,9 +530,11 @@ def time_table(groups: Groups) -> str:
     return _table(
         lines,
         (
-            "\n\nTime to target: training wall-clock time (evaluations excluded, one torch thread per run) until the "
-            "first evaluation of the curve whose mean return reaches the target; the median is over the seeds that "
-            "reached it. n/a: a run from before wall-clock times were recorded.\n"
+            "\n\nTime to target: training time (evaluations excluded, one torch thread per run) until the first "
+            "evaluation of the curve whose mean return reaches the target; the median is over the seeds that reached "
+            "it. The time is the run's CPU time, which for a one-thread run is its wall-clock time on a core of its "
+            "own whatever else the machine runs; runs from before CPU times were recorded give their wall-clock "
+            "time instead, marked (wall). n/a: a run from before either was recorded.\n"
         ),
     )
 
