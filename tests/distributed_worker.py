@@ -84,11 +84,13 @@ def main() -> None:
         from stable_baselines3.common.env_util import make_vec_env
         from stable_baselines3.common.vec_env import VecNormalize
 
+        if rank == 1:  # this rank's environment says otherwise: rank 0's choice must hold on every rank
+            os.environ["SB3_TRPO_RESYNC"] = "0"
         env = VecNormalize(make_vec_env("CartPole-v1", n_envs=1))
         model = TRPOPenalty("MlpPolicy", env, n_steps=64, batch_size=32, n_critic_updates=2, seed=5)
         parallel = model._data_parallel
         assert parallel is not None
-        assert parallel.resync  # SB3_TRPO_RESYNC=1
+        assert parallel.resync == (rank == 0)  # SB3_TRPO_RESYNC=1 on rank 0, until learn() synchronises
         parallel.checksum_interval = 1
         resynchronize = parallel.resynchronize
 
@@ -104,6 +106,7 @@ def main() -> None:
         model.learn(3 * 64 * 2)
         np.save(out / f"rank{rank}_parameters.npy", flat_parameters(model))
         report = {"beta": model.beta, "n_updates": model._n_updates, "collectives": parallel.communicator.n_collectives}
+        report["resync"] = parallel.resync
         report["obs_mean"] = env.obs_rms.mean.tolist()
         (out / f"rank{rank}.json").write_text(json.dumps(report))
     elif mode in ("vecnormalize", "vecnormalize_rewards_only"):

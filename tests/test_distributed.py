@@ -121,6 +121,7 @@ def test_resynchronised_ranks_take_rank_0s_state_after_every_update(tmp_path):
     assert reports[0]["beta"] == reports[1]["beta"]  # the penalty's β too, though rank 1 changed its own
     assert reports[0]["obs_mean"] == reports[1]["obs_mean"]  # and VecNormalize's statistics
     assert reports[0]["n_updates"] == 3
+    assert reports[0]["resync"] is reports[1]["resync"] is True  # rank 1 was told 0: rank 0's choice holds
     # per update: the exchange, the resynchronisation and the checksum; plus the start's broadcast
     assert reports[0]["collectives"] == reports[1]["collectives"] == 1 + 3 * 3
 

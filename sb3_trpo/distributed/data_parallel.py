@@ -51,7 +51,9 @@ class DataParallel:
         synchronised attributes (one more collective): for ranks whose arithmetic may differ in the last bits.
         Default (None): ``$SB3_TRPO_RESYNC`` (``1`` or ``0``) if set, else on when the ranks span several
         machines (``LOCAL_WORLD_SIZE < WORLD_SIZE``: other CPUs, other BLAS) or train on GPUs
-        (non-deterministic kernels); ranks of one machine's CPU stay bit-identical without it.
+        (non-deterministic kernels); ranks of one machine's CPU stay bit-identical without it. Rank 0's choice
+        holds on every rank (taken at :meth:`synchronize`), so ranks whose environments differ still agree on the
+        extra collective.
     """
 
     def __init__(
@@ -85,12 +87,14 @@ class DataParallel:
     # ------------------------------------------------------------------ start of learn(): one model on every rank
 
     def synchronize(self, algorithm: BaseAlgorithm, attributes: Iterable[str]) -> None:
-        """Rank 0's parameters, optimiser states, ``attributes`` and ``VecNormalize`` statistics on every rank."""
+        """Rank 0's parameters, optimiser states, ``attributes``, ``VecNormalize`` statistics and choice of
+        ``resync`` on every rank."""
         self._attributes = list(attributes)
-        state = self.communicator.broadcast(self._state(algorithm) if self.is_main else None)
+        state = self.communicator.broadcast({**self._state(algorithm), "resync": self.resync} if self.is_main else None)
         if not self.is_main:
             algorithm.set_parameters(state["parameters"], exact_match=True, device=algorithm.device)
             self._adopt(algorithm, state)
+            self.resync = state["resync"]
         self._statistics = _snapshot(algorithm.get_vec_normalize_env())
 
     def _state(self, algorithm: BaseAlgorithm) -> dict[str, Any]:
