@@ -17,21 +17,33 @@ such as HalfCheetah those rounding differences grow until the two trajectories a
 the two with the same seed are then independent samples, not pairs, and returns have to be compared
 over many seeds (``learning.py``'s interval resamples each algorithm's seeds on its own).
 
-    python benchmarks/equivalence.py --env HalfCheetah-v5 --seed 1 --updates 120
+A third part checks data-parallel training the same way: two ranks (``torchrun``, gloo), each with half
+of the zoo entry's environments, train; before each update rank 0 records the union of the ranks' batches,
+its parameters, optimiser state and NumPy's random state, and after it the parameters of both ranks. One
+process with all the environments then runs its own ``train()`` from each recorded state on the same union:
+the single-process update on the same rollouts, compared with the ranks' as above (and the ranks with each
+other: they must be bit-identical).
 
-prints the table and writes it, with the median and largest differences, to ``results/equivalence.md``.
+    python benchmarks/equivalence.py --env HalfCheetah-v5 --seed 1 --updates 120 --data-parallel-updates 60
+
+prints the tables and writes them, with the median and largest differences, to ``results/equivalence.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch as th
 from common import DEFAULT_RESULTS_DIR, git_commit, set_single_thread, source_fingerprint, versions, write_text
-from hyperparams import make_model
+from hyperparams import ALGORITHMS, make_env, make_model, run_settings
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecNormalize
@@ -87,11 +99,141 @@ def rollout_divergence_lines(env_id: str, seed: int) -> list[str]:
     ]
 
 
+BUFFER_ARRAYS = ("observations", "actions", "rewards", "returns", "episode_starts", "values", "log_probs", "advantages")
+DATA_PARALLEL_RANKS = 2
+
+
+def data_parallel_rank(env_id: str, seed: int, updates: int, out: Path) -> None:
+    """One rank of the data-parallel part (under ``torchrun``): train ``updates`` updates, recording each.
+
+    Each rank has ``n_envs / world_size`` of the entry's environments (the model seeds rank ``r``'s as one
+    process seeds its environments ``r · n_envs`` onwards). Rank 0 writes ``update<k>.pt`` per update; every
+    rank writes its parameters after each update (``rank<r>_after<k>.pt``).
+    """
+    set_single_thread()
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    settings = run_settings("sb3_trpo", env_id)
+    env = make_env(env_id, settings.n_envs // world_size, seed, settings.normalize)
+    model = ALGORITHMS["sb3_trpo"].load_class()(settings.policy, env, seed=seed, device="cpu", **settings.algo_kwargs)
+    model.set_logger(Logger(None, []))
+    train, count = model.train, [0]
+
+    def recorded_train() -> None:
+        parallel = model._data_parallel
+        assert parallel is not None, "not data-parallel: run under torchrun"
+        assert parallel.buffer is not None
+        record: dict[str, Any] = {}
+        if rank == 0:
+            record = {
+                "buffer": {name: getattr(parallel.buffer, name).copy() for name in BUFFER_ARRAYS},
+                "before": copy.deepcopy(model.policy.state_dict()),
+                "optimizer": copy.deepcopy(model.policy.optimizer.state_dict()),
+                "numpy_state": np.random.get_state(),
+                "n_updates": model._n_updates,
+            }
+        train()
+        if rank == 0:
+            logged = model.logger.name_to_value
+            record["logged"] = {key: float(logged[key]) for key in LOGGED_EQUAL}
+            th.save(record, out / f"update{count[0]}.pt")
+        th.save(model.policy.state_dict(), out / f"rank{rank}_after{count[0]}.pt")
+        count[0] += 1
+
+    model.train = recorded_train  # type: ignore[method-assign]
+    model.learn(updates * model.n_steps * settings.n_envs)
+
+
+LOGGED_EQUAL = ("train/cg_iterations", "train/line_search_backtracks", "train/is_line_search_success")
+
+
+def data_parallel_rows(env_id: str, seed: int, updates: int) -> tuple[list[tuple[float, float, float]], float, int]:
+    """Per update: (actor relative difference, actor length ratio, critic relative difference) of the ranks'
+    update against one process's on the same union; the largest difference between the ranks' parameters; the
+    number of updates whose CG iterations, backtracks or acceptance differ from one process's."""
+    with tempfile.TemporaryDirectory() as directory:
+        out = Path(directory)
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+        command += [str(DATA_PARALLEL_RANKS), str(Path(__file__).resolve()), "--data-parallel-rank"]
+        command += [env_id, str(seed), str(updates), str(out)]
+        environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+        subprocess.run(command, check=True, env=environment, timeout=3600)
+
+        reference = make_model("sb3_trpo", env_id, seed)
+        reference.set_logger(Logger(None, []))
+        rows: list[tuple[float, float, float]] = []
+        rank_gap, branch_differences = 0.0, 0
+        for index in range(updates):
+            record = th.load(out / f"update{index}.pt", weights_only=False)
+            after = [th.load(out / f"rank{rank}_after{index}.pt") for rank in range(DATA_PARALLEL_RANKS)]
+            rank_gap = max(rank_gap, max(float((after[0][k] - other[k]).abs().max()) for other in after for k in after[0]))
+            reference.policy.load_state_dict(record["before"])
+            reference.policy.optimizer.load_state_dict(record["optimizer"])
+            buffer = reference.rollout_buffer
+            for name, values in record["buffer"].items():
+                setattr(buffer, name, values.copy())
+            buffer.full, buffer.pos, buffer.generator_ready = True, buffer.buffer_size, False
+            np.random.set_state(record["numpy_state"])
+            reference._n_updates = record["n_updates"]
+            reference.train()
+            logged = reference.logger.name_to_value
+            branch_differences += any(float(logged[key]) != record["logged"][key] for key in LOGGED_EQUAL)
+            rows.append(update_differences(record["before"], reference.policy.state_dict(), after[0]))
+    return rows, rank_gap, branch_differences
+
+
+def update_differences(
+    start: dict[str, th.Tensor], ours: dict[str, th.Tensor], reference: dict[str, th.Tensor]
+) -> tuple[float, float, float]:
+    """(actor relative difference, actor length ratio ours/reference, critic relative difference) of two updates
+    from ``start``."""
+
+    def update(state: dict[str, th.Tensor], names: list[str]) -> th.Tensor:
+        return th.cat([(state[name] - start[name]).flatten() for name in names])
+
+    actor = [name for name in start if "value" not in name]
+    critic = [name for name in start if "value" in name]
+    actor_ours, actor_reference = update(ours, actor), update(reference, actor)
+    return (
+        relative_difference(actor_ours, actor_reference),
+        float(actor_ours.norm() / actor_reference.norm()),
+        relative_difference(update(ours, critic), update(reference, critic)),
+    )
+
+
+def summary_lines(rows: list[tuple[float, float, float]], reference: str) -> list[str]:
+    """Median and largest differences of ``rows``, and the length ratios, as bullet points."""
+    actor_differences, critic_differences = np.array([row[0] for row in rows]), np.array([row[2] for row in rows])
+    ratios = np.array([row[1] for row in rows])
+    return [
+        f"- actor: median relative difference {np.median(actor_differences):.1e}, largest {actor_differences.max():.1e}",
+        f"- critic: median relative difference {np.median(critic_differences):.1e}, largest {critic_differences.max():.1e}",
+        f"- actor step length, ours / {reference}: median {np.median(ratios):.5f}, range "
+        f"[{ratios.min():.5f}, {ratios.max():.5f}], above 1 in {int((ratios > 1).sum())} of {len(ratios)} updates "
+        f"and below 1 in {int((ratios < 1).sum())}",
+    ]
+
+
+def table_lines(rows: list[tuple[float, float, float]]) -> list[str]:
+    return [
+        "| update | actor: relative difference | actor: length ratio | critic: relative difference |",
+        "|---:|---:|---:|---:|",
+        *(
+            f"| {index} | {actor_difference:.2e} | {ratio:.5f} | {critic_difference:.2e} |"
+            for index, (actor_difference, ratio, critic_difference) in enumerate(rows)
+        ),
+    ]
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--data-parallel-rank":
+        env_id, seed, updates, out = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5])
+        data_parallel_rank(env_id, seed, updates, out)
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="HalfCheetah-v5")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--updates", type=int, default=120)
+    parser.add_argument("--data-parallel-updates", type=int, default=60, help="updates of the data-parallel part (0: skip it)")
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR, help="results directory (default: %(default)s)")
     args = parser.parse_args()
     set_single_thread()
@@ -113,29 +255,13 @@ def main() -> None:
         ours.rollout_buffer = buffer
         np.random.set_state(numpy_state)  # the critic's minibatches: the same permutations
         ours.train()
-
-        def update(model, names: list[str]) -> th.Tensor:
-            state = model.policy.state_dict()
-            return th.cat([(state[name] - start[name]).flatten() for name in names])
-
-        actor = [name for name in start if "value" not in name]
-        critic = [name for name in start if "value" in name]
-        actor_ours, actor_contrib = update(ours, actor), update(contrib, actor)
-        rows.append(
-            (
-                relative_difference(actor_ours, actor_contrib),
-                float(actor_ours.norm() / actor_contrib.norm()),
-                relative_difference(update(ours, critic), update(contrib, critic)),
-            )
-        )
+        rows.append(update_differences(start, ours.policy.state_dict(), contrib.policy.state_dict()))
 
     contrib.train = train_both  # type: ignore[method-assign]
     n_envs = contrib.get_env().num_envs
     contrib.learn(args.updates * contrib.n_steps * n_envs)
 
     rollout_lines = rollout_divergence_lines(args.env, args.seed)
-    actor_differences, critic_differences = np.array([row[0] for row in rows]), np.array([row[2] for row in rows])
-    ratios = np.array([row[1] for row in rows])
     lines = [
         "# Same rollouts, same updates",
         "",
@@ -151,22 +277,35 @@ def main() -> None:
         "converged (later in training) the two directions differ by more than float rounding, "
         "in both directions (the length ratio stays on both sides of 1).",
         "",
-        f"- actor: median relative difference {np.median(actor_differences):.1e}, largest {actor_differences.max():.1e}",
-        f"- critic: median relative difference {np.median(critic_differences):.1e}, largest {critic_differences.max():.1e}",
-        f"- actor step length, ours / sb3-contrib's: median {np.median(ratios):.5f}, range "
-        f"[{ratios.min():.5f}, {ratios.max():.5f}], above 1 in {int((ratios > 1).sum())} of {len(ratios)} updates "
-        f"and below 1 in {int((ratios < 1).sum())}",
+        *summary_lines(rows, "sb3-contrib's"),
         "",
-        "| update | actor: relative difference | actor: length ratio | critic: relative difference |",
-        "|---:|---:|---:|---:|",
-        *(
-            f"| {index} | {actor_difference:.2e} | {ratio:.5f} | {critic_difference:.2e} |"
-            for index, (actor_difference, ratio, critic_difference) in enumerate(rows)
-        ),
+        *table_lines(rows),
         "",
-        ", ".join(f"{name} {version}" for name, version in versions().items())
-        + f". Commit: {git_commit()}; sb3_trpo source fingerprint {source_fingerprint()}.",
     ]
+    if args.data_parallel_updates > 0:
+        parallel_rows, rank_gap, branch_differences = data_parallel_rows(args.env, args.seed, args.data_parallel_updates)
+        lines += [
+            "## Data-parallel, update for update",
+            "",
+            f"{args.env}, seed {args.seed}, {len(parallel_rows)} updates at rl-zoo's settings on "
+            f"{DATA_PARALLEL_RANKS} ranks (`torchrun`, gloo), each with 1/{DATA_PARALLEL_RANKS} of the entry's "
+            "environments: before each update rank 0 recorded the union of the ranks' batches and its state; one "
+            "process with all the environments then updated from that state on that union. Relative difference: "
+            "‖Δ_ranks − Δ_one process‖ / ‖Δ_one process‖. Both run the same code on the same "
+            "arrays: any difference would be float rounding, and 0 means bit-identical.",
+            "",
+            *summary_lines(parallel_rows, "one process's"),
+            f"- updates where CG iterations, line-search backtracks or acceptance differ from one process's: "
+            f"{branch_differences} of {len(parallel_rows)}",
+            f"- largest difference between the ranks' parameters after any update: {rank_gap:.1e} (0: bit-identical)",
+            "",
+            *table_lines(parallel_rows),
+            "",
+        ]
+    lines.append(
+        ", ".join(f"{name} {version}" for name, version in versions().items())
+        + f". Commit: {git_commit()}; sb3_trpo source fingerprint {source_fingerprint()}."
+    )
     text = "\n".join(lines) + "\n"
     print(text)
     write_text(args.out / "equivalence.md", text)

@@ -114,6 +114,21 @@ CAMPAIGNS: dict[str, Campaign] = {
         final_eval_steps=150_000,
         readme_extras=True,
     ),
+    "mujoco_v4": Campaign(
+        "Ant: -v4 against -v5 at 1M steps",
+        ("Ant-v4",),
+        dict(sb3_trpo=1, sb3_contrib=1),
+        "sb3_contrib",
+        final_eval_steps=150_000,
+        notes=[
+            "A diagnostic of the `mujoco` campaign, not a result of its own: one seed each. On Ant-v5 every "
+            "algorithm ends far below rl-zoo's published Ant-v3 score. Ant-v4 keeps the -v3 observation without "
+            "contact forces (27 entries; -v5 adds 78 contact forces and their cost to the reward), which is what "
+            "-v3 effectively observed under MuJoCo >= 2.0, where its contact forces read 0 (openai/gym#1541). "
+            "The same zoo settings, the same evaluation: if -v4 lands near the published figure, the environment "
+            "version explains the gap."
+        ],
+    ),
 }
 
 # rl-baselines3-zoo's benchmark.md (github.com/DLR-RM/rl-baselines3-zoo): sb3-contrib's TRPO, one trained agent per
