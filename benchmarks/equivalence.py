@@ -101,6 +101,7 @@ def rollout_divergence_lines(env_id: str, seed: int) -> list[str]:
 
 BUFFER_ARRAYS = ("observations", "actions", "rewards", "returns", "episode_starts", "values", "log_probs", "advantages")
 DATA_PARALLEL_RANKS = 2
+LOGGED_EQUAL = ("train/cg_iterations", "train/line_search_backtracks", "train/is_line_search_success")
 
 
 def data_parallel_rank(env_id: str, seed: int, updates: int, out: Path) -> None:
@@ -113,14 +114,18 @@ def data_parallel_rank(env_id: str, seed: int, updates: int, out: Path) -> None:
     set_single_thread()
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     settings = run_settings("sb3_trpo", env_id)
+    if settings.n_envs % world_size:
+        raise SystemExit(f"{env_id}: n_envs={settings.n_envs} does not split over {world_size} ranks")
     env = make_env(env_id, settings.n_envs // world_size, seed, settings.normalize)
     model = ALGORITHMS["sb3_trpo"].load_class()(settings.policy, env, seed=seed, device="cpu", **settings.algo_kwargs)
     model.set_logger(Logger(None, []))
+    assert model._data_parallel is not None, "not data-parallel: run under torchrun"
+    model._data_parallel.checksum_interval = 0  # a drift between the ranks is measured, not stopped
     train, count = model.train, [0]
 
     def recorded_train() -> None:
         parallel = model._data_parallel
-        assert parallel is not None, "not data-parallel: run under torchrun"
+        assert parallel is not None
         assert parallel.buffer is not None
         record: dict[str, Any] = {}
         if rank == 0:
@@ -130,6 +135,7 @@ def data_parallel_rank(env_id: str, seed: int, updates: int, out: Path) -> None:
                 "optimizer": copy.deepcopy(model.policy.optimizer.state_dict()),
                 "numpy_state": np.random.get_state(),
                 "n_updates": model._n_updates,
+                "progress_remaining": model._current_progress_remaining,  # the learning-rate schedules'
             }
         train()
         if rank == 0:
@@ -143,19 +149,17 @@ def data_parallel_rank(env_id: str, seed: int, updates: int, out: Path) -> None:
     model.learn(updates * model.n_steps * settings.n_envs)
 
 
-LOGGED_EQUAL = ("train/cg_iterations", "train/line_search_backtracks", "train/is_line_search_success")
-
-
 def data_parallel_rows(env_id: str, seed: int, updates: int) -> tuple[list[tuple[float, float, float]], float, int]:
-    """Per update: (actor relative difference, actor length ratio, critic relative difference) of the ranks'
-    update against one process's on the same union; the largest difference between the ranks' parameters; the
+    """Per update: (actor relative difference, actor length ratio ranks / one process, critic relative difference)
+    of the ranks' update against one process's on the same union; the largest difference between the ranks' parameters; the
     number of updates whose CG iterations, backtracks or acceptance differ from one process's."""
     with tempfile.TemporaryDirectory() as directory:
         out = Path(directory)
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
         command += [str(DATA_PARALLEL_RANKS), str(Path(__file__).resolve()), "--data-parallel-rank"]
         command += [env_id, str(seed), str(updates), str(out)]
-        environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+        # No re-synchronisation: the ranks' own parameters after each update are compared.
+        environment = {**os.environ, "OMP_NUM_THREADS": "1", "SB3_TRPO_RESYNC": "0"}
         subprocess.run(command, check=True, env=environment, timeout=3600)
 
         reference = make_model("sb3_trpo", env_id, seed)
@@ -174,10 +178,11 @@ def data_parallel_rows(env_id: str, seed: int, updates: int) -> tuple[list[tuple
             buffer.full, buffer.pos, buffer.generator_ready = True, buffer.buffer_size, False
             np.random.set_state(record["numpy_state"])
             reference._n_updates = record["n_updates"]
+            reference._current_progress_remaining = record["progress_remaining"]
             reference.train()
             logged = reference.logger.name_to_value
             branch_differences += any(float(logged[key]) != record["logged"][key] for key in LOGGED_EQUAL)
-            rows.append(update_differences(record["before"], reference.policy.state_dict(), after[0]))
+            rows.append(update_differences(record["before"], after[0], reference.policy.state_dict()))
     return rows, rank_gap, branch_differences
 
 
@@ -200,14 +205,14 @@ def update_differences(
     )
 
 
-def summary_lines(rows: list[tuple[float, float, float]], reference: str) -> list[str]:
-    """Median and largest differences of ``rows``, and the length ratios, as bullet points."""
+def summary_lines(rows: list[tuple[float, float, float]], ratio: str) -> list[str]:
+    """Median and largest differences of ``rows``, and the length ratios (``ratio`` names them), as bullet points."""
     actor_differences, critic_differences = np.array([row[0] for row in rows]), np.array([row[2] for row in rows])
     ratios = np.array([row[1] for row in rows])
     return [
         f"- actor: median relative difference {np.median(actor_differences):.1e}, largest {actor_differences.max():.1e}",
         f"- critic: median relative difference {np.median(critic_differences):.1e}, largest {critic_differences.max():.1e}",
-        f"- actor step length, ours / {reference}: median {np.median(ratios):.5f}, range "
+        f"- actor step length, {ratio}: median {np.median(ratios):.5f}, range "
         f"[{ratios.min():.5f}, {ratios.max():.5f}], above 1 in {int((ratios > 1).sum())} of {len(ratios)} updates "
         f"and below 1 in {int((ratios < 1).sum())}",
     ]
@@ -277,7 +282,7 @@ def main() -> None:
         "converged (later in training) the two directions differ by more than float rounding, "
         "in both directions (the length ratio stays on both sides of 1).",
         "",
-        *summary_lines(rows, "sb3-contrib's"),
+        *summary_lines(rows, "ours / sb3-contrib's"),
         "",
         *table_lines(rows),
         "",
@@ -294,7 +299,7 @@ def main() -> None:
             "‖Δ_ranks − Δ_one process‖ / ‖Δ_one process‖. Both run the same code on the same "
             "arrays: any difference would be float rounding, and 0 means bit-identical.",
             "",
-            *summary_lines(parallel_rows, "one process's"),
+            *summary_lines(parallel_rows, "the ranks' / one process's"),
             f"- updates where CG iterations, line-search backtracks or acceptance differ from one process's: "
             f"{branch_differences} of {len(parallel_rows)}",
             f"- largest difference between the ranks' parameters after any update: {rank_gap:.1e} (0: bit-identical)",

@@ -508,8 +508,9 @@ def final_table(groups: Groups, reference: str) -> str:
 def time_to_target(run: Run, goal: float) -> tuple[int, float | None] | None:
     """(steps, training seconds) at the first evaluation whose mean return reaches ``goal``; None if none.
 
-    The seconds are the run's CPU time (one thread: its wall-clock time on a core of its own, whatever else the
-    machine runs), or its wall-clock time for a run from before CPU times were recorded.
+    The seconds are the run's CPU time (one thread: close to its wall-clock time on an idle core, and far less
+    inflated than wall-clock time when other work shares the cores), or its wall-clock time for a run from before
+    CPU times were recorded.
     """
     elapsed = run.get("eval_cpu_s") or run.get("eval_elapsed_s") or [None] * len(run["eval_timesteps"])
     for steps, value, seconds in zip(run["eval_timesteps"], run["eval_mean"], elapsed, strict=True):
@@ -538,18 +539,21 @@ def time_table(groups: Groups) -> str:
                 f"{'' if run.get('eval_cpu_s') or hit[1] is None else ' (wall)'} ({hit[0] / 1000:.0f}k)"
                 for run, hit in zip(row, reached, strict=True)
             )
+            kinds = {bool(run.get("eval_cpu_s")) for run, hit in zip(row, reached, strict=True) if hit and hit[1] is not None}
+            median = f"{format_number(float(np.median(seconds)), 0)}{' (mixed)' if len(kinds) > 1 else ''}"
             lines.append(
                 f"| {env_id} | {goal:g} | {algo} | {steps:,} | {sum(hit is not None for hit in reached)} of {len(row)} | "
-                f"{format_number(float(np.median(seconds)), 0) if seconds else 'n/a'} | {per_seed} |"
+                f"{median if seconds else 'n/a'} | {per_seed} |"
             )
     return _table(
         lines,
         (
             "\n\nTime to target: training time (evaluations excluded, one torch thread per run) until the first "
             "evaluation of the curve whose mean return reaches the target; the median is over the seeds that reached "
-            "it. The time is the run's CPU time, which for a one-thread run is its wall-clock time on a core of its "
-            "own whatever else the machine runs; runs from before CPU times were recorded give their wall-clock "
-            "time instead, marked (wall). n/a: a run from before either was recorded.\n"
+            "it. The time is the run's CPU time, which for a one-thread run is close to its wall-clock time on an idle "
+            "core and far less inflated than wall-clock time when other work shares the cores; runs from before CPU "
+            "times were recorded give their wall-clock time instead, marked (wall), and a median over both kinds is "
+            "marked (mixed). n/a: a run from before either was recorded.\n"
         ),
     )
 
