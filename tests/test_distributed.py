@@ -142,6 +142,34 @@ def test_resync_is_on_across_machines_and_off_on_one(monkeypatch):
     assert not DataParallel(Ranks()).resync  # type: ignore[arg-type]
 
 
+def test_the_process_group_the_communicator_starts_is_torn_down_at_exit(monkeypatch):
+    # Left to the interpreter's teardown, a gloo group sometimes aborts a process whose run succeeded.
+    import atexit
+    import socket
+
+    import torch.distributed as dist
+
+    from sb3_trpo.distributed.communicator import Communicator, destroy_at_exit
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    registered: list[object] = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    try:
+        communicator = Communicator(timeout_s=30)
+        assert communicator.world_size == 1
+        assert registered == [destroy_at_exit]
+        destroy_at_exit()
+        assert not dist.is_initialized()
+        destroy_at_exit()  # a group already destroyed (by the user, say): nothing to do
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_without_torchrun_a_model_trains_on_this_process_alone(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
