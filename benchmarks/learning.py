@@ -113,6 +113,14 @@ CAMPAIGNS: dict[str, Campaign] = {
         "sb3_contrib",
         final_eval_steps=150_000,
         readme_extras=True,
+        notes=[
+            "Where ours and sb3-contrib's TRPO differ: on the same rollouts from the same state, our update equals "
+            "sb3-contrib's on HalfCheetah-v5 and Hopper-v5 to float rounding, and its length is not biased either "
+            "way (`benchmarks/equivalence.py`, `results/equivalence.md`); a gap between the two is then the seeds', "
+            "which the interval column weighs. Where every algorithm ends far from the published figure, the task "
+            "version is the first suspect: rl-zoo measured -v3 tasks; the `mujoco_v4` campaign runs Ant-v4, which "
+            "observes what Ant-v3 did under MuJoCo >= 2.0, beside these Ant-v5 runs."
+        ],
     ),
     "mujoco_v4": Campaign(
         "Ant: -v4 against -v5 at 1M steps",
