@@ -107,18 +107,41 @@ def main() -> None:
             model.train = train_then_kill  # type: ignore[method-assign]
         learn_keeping_warnings(model, 10 * 128, out, rank)
     elif mode == "vecnormalize":  # the workers' VecNormalize moments reach the learner once each
+        from stable_baselines3.common.callbacks import BaseCallback
         from stable_baselines3.common.env_util import make_vec_env
         from stable_baselines3.common.vec_env import VecNormalize
 
+        class FinishedEpisodes(BaseCallback):  # what the learner's callbacks see of the workers' episodes
+            def __init__(self) -> None:
+                super().__init__()
+                self.infos: list[dict] = []
+                self.at_dones = True
+
+            def _on_step(self) -> bool:
+                for done, info in zip(self.locals["dones"], self.locals["infos"], strict=True):
+                    if info:
+                        self.infos.append(info)
+                        self.at_dones = self.at_dones and bool(done)
+                return True
+
         env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1), gamma=0.9)
         model = TRPO("MlpPolicy", env, **SETTINGS, gamma=0.9, distributed="async", max_policy_lag=0)
+        finished = FinishedEpisodes()
         if rank == 0:
             record_updates(model, out, lags)
-        model.learn(4 * 128)
+        model.learn(4 * 128, callback=finished)
         if rank == 0:
             (out / "statistics.json").write_text(
                 json.dumps(
-                    {"obs_count": env.obs_rms.count, "ret_count": env.ret_rms.count, "obs_mean": env.obs_rms.mean.tolist()}
+                    {
+                        "obs_count": env.obs_rms.count,
+                        "ret_count": env.ret_rms.count,
+                        "obs_mean": env.obs_rms.mean.tolist(),
+                        "episodes": [episode["r"] for episode in model.ep_info_buffer],
+                        "callback_episodes": [info["episode"]["r"] for info in finished.infos],
+                        "callback_truncated": [info.get("TimeLimit.truncated") for info in finished.infos],
+                        "callback_at_dones": finished.at_dones,
+                    }
                 )
             )
     elif mode == "twice":  # two learn() calls, the second on a model loaded with distributed="async"

@@ -241,6 +241,11 @@ def test_the_learner_merges_each_workers_vecnormalize_moments_once(tmp_path):
     assert statistics["obs_count"] == pytest.approx(1e-4 + 1 + 128 * received)
     assert statistics["ret_count"] == pytest.approx(1e-4 + 128 * received)
     assert np.isfinite(statistics["obs_mean"]).all()
+    # The learner's callbacks saw each received episode's end (Pendulum's are truncated at 200 steps) at its step.
+    assert len(statistics["episodes"]) >= 1
+    assert statistics["callback_episodes"] == statistics["episodes"]
+    assert statistics["callback_truncated"] == [True] * len(statistics["episodes"])
+    assert statistics["callback_at_dones"] is True
 
 
 @pytest.mark.timeout(300)
@@ -333,8 +338,9 @@ def test_the_learner_recomputes_values_and_truncation_bootstraps_with_its_own_cr
     np.testing.assert_allclose(buffer.advantages[:, 0], advantages, rtol=1e-4, atol=1e-4)
 
 
-def test_learner_callbacks_see_each_received_steps_dones_and_rewards():
-    """The learner calls ``on_step`` once per ``n_envs`` steps of a batch, with that step's dones and rewards."""
+def test_learner_callbacks_see_each_received_steps_dones_rewards_and_finished_episodes():
+    """The learner calls ``on_step`` once per ``n_envs`` steps of a batch, with that step's dones and rewards, and
+    the infos the worker kept of the episodes that ended there."""
     from stable_baselines3.common.callbacks import BaseCallback, StopTrainingOnMaxEpisodes
 
     class Record(BaseCallback):
@@ -342,8 +348,11 @@ def test_learner_callbacks_see_each_received_steps_dones_and_rewards():
             super().__init__()
             self.seen: list[tuple[list[bool], list[float]]] = []
 
+            self.infos: list[list[dict]] = []
+
         def _on_step(self) -> bool:
             self.seen.append((self.locals["dones"].tolist(), self.locals["rewards"].tolist()))
+            self.infos.append(self.locals["infos"])
             return True
 
     model = TRPO("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=2), n_steps=4, batch_size=8)
@@ -356,12 +365,15 @@ def test_learner_callbacks_see_each_received_steps_dones_and_rewards():
         "successes": [],
         "arrays": {"episode_starts": starts, "rewards": rewards},
         "last_episode_starts": np.array([0.0, 1.0]),
+        "infos": [(1, 1, {"episode": {"r": 1.0, "l": 2}, "TimeLimit.truncated": True})],  # as the worker kept it
     }
     record = Record()
     record.init_callback(model)
     assert model._count_batch(batch, record)
     assert [dones for dones, _ in record.seen] == [[False, False], [False, True], [True, False], [False, True]]
     assert [step_rewards for _, step_rewards in record.seen] == rewards.tolist()
+    # The kept info of the episode that ended at step 1 in environment 1, there only.
+    assert record.infos == [[{}, {}], [{}, {"episode": {"r": 1.0, "l": 2}, "TimeLimit.truncated": True}], [{}, {}], [{}, {}]]
     assert model.num_timesteps == 8
     stop = StopTrainingOnMaxEpisodes(max_episodes=1)  # SB3's own, which reads locals["dones"]
     stop.init_callback(model)

@@ -33,6 +33,10 @@ from sb3_trpo.distributed.data_parallel import DataParallel
 SelfAlgorithm = TypeVar("SelfAlgorithm", bound="DataParallelOnPolicyAlgorithm")
 
 
+# What a worker keeps of the info of an environment whose episode ended, for the learner's callbacks.
+ASYNC_INFO_KEYS = ("episode", "is_success", "TimeLimit.truncated")
+
+
 class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
     """``OnPolicyAlgorithm`` that trains data-parallel under ``torchrun`` (see :mod:`sb3_trpo.distributed`).
 
@@ -64,6 +68,7 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
         self._async_truncations: list[tuple[int, int, Any]] | None = None  # a worker's rollout: what to bootstrap
         self._async_episodes: list[dict[str, Any]] = []
         self._async_successes: list[Any] = []
+        self._async_infos: list[tuple[int, int, dict[str, Any]]] = []  # a worker's finished episodes' infos, by step
         self._data_parallel: DataParallel | None = None
         if distributed == "async":
             require(
@@ -121,6 +126,7 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
             "_async_truncations",
             "_async_episodes",
             "_async_successes",
+            "_async_infos",
         ]
 
     def set_random_seed(self, seed: int | None = None) -> None:
@@ -162,6 +168,9 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
                     continue
                 if info.get("is_success") is not None:
                     self._async_successes.append(info["is_success"])
+                kept = {key: info[key] for key in ASYNC_INFO_KEYS if key in info}
+                if kept:  # for the learner's callbacks, at this step of the rollout
+                    self._async_infos.append((self.rollout_buffer.pos, index, kept))
                 # SB3 bootstraps a truncated episode (rewards += γ V(terminal)) at the step it is about to add.
                 if info.get("terminal_observation") is not None and info.get("TimeLimit.truncated", False):
                     self._async_truncations.append((self.rollout_buffer.pos, index, info["terminal_observation"]))
@@ -305,8 +314,9 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
         """A received batch's steps and episodes into the learner's counts; False if a callback stopped training.
 
         Each ``on_step`` sees that step's ``dones`` (read off the batch's episode starts) and ``rewards`` in the
-        callback's locals; its ``infos`` are empty dicts: a worker's infos stay with it (its finished episodes
-        reach ``ep_info_buffer``).
+        callback's locals, and ``infos`` holding, for each environment whose episode ended at that step, the
+        ``ASYNC_INFO_KEYS`` of its info (Monitor's ``episode``, ``is_success``, ``TimeLimit.truncated``); the rest
+        of a worker's infos stays with it. The finished episodes also reach ``ep_info_buffer``.
         """
         assert self.ep_info_buffer is not None
         assert self.ep_success_buffer is not None
@@ -315,13 +325,14 @@ class DataParallelOnPolicyAlgorithm(OnPolicyAlgorithm):
         starts, rewards = batch["arrays"]["episode_starts"], batch["arrays"]["rewards"]
         # Done after step t: an episode starts at step t + 1 (after the last step: the worker's next episode start).
         dones = np.concatenate([starts[1:], np.asarray(batch["last_episode_starts"])[None]]).astype(bool)
+        finished = {(step, env): info for step, env, info in batch.get("infos", ())}
         continue_training, steps = True, int(batch["steps"])
         for step in range(dones.shape[0]):
             if steps <= 0:
                 break
             self.num_timesteps += min(self.n_envs, steps)
             steps -= self.n_envs
-            infos: list[dict[str, Any]] = [{} for _ in range(self.n_envs)]
+            infos: list[dict[str, Any]] = [dict(finished.get((step, env), {})) for env in range(self.n_envs)]
             callback.update_locals({"dones": dones[step], "rewards": rewards[step], "infos": infos})
             continue_training = continue_training and callback.on_step()
         return continue_training

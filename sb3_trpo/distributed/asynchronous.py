@@ -459,10 +459,12 @@ class AsyncWorker:
             "seconds": seconds,
             "episodes": list(algorithm._async_episodes),
             "successes": list(algorithm._async_successes),
+            "infos": list(algorithm._async_infos),
             "moments": moments,
         }
         algorithm._async_episodes.clear()
         algorithm._async_successes.clear()
+        algorithm._async_infos.clear()
         return payload
 
 
