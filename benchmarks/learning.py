@@ -115,14 +115,15 @@ CAMPAIGNS: dict[str, Campaign] = {
         readme_extras=True,
         notes=[
             "Where ours and sb3-contrib's TRPO differ: on the same rollouts from the same state, our update equals "
-            "sb3-contrib's on HalfCheetah-v5 and Hopper-v5 to float rounding, and its length is not biased either "
-            "way (`benchmarks/equivalence.py`, `results/equivalence.md`); a gap between the two is then the seeds', "
+            "sb3-contrib's on HalfCheetah-v5 and Hopper-v5 up to the random start of sb3-contrib's conjugate "
+            "gradient (a median relative difference of a few 1e-4), and its length is not biased either way "
+            "(`benchmarks/equivalence.py`, `results/equivalence.md`); a gap between the two is then the seeds', "
             "which the interval column weighs. Where every algorithm ends far from the published figure, the task "
-            "version is the first suspect: rl-zoo measured -v3 tasks; the `mujoco_v4` campaign runs Ant-v4, which "
+            "version is the first suspect: rl-zoo measured -v3 tasks; the `ant_v4` campaign runs Ant-v4, which "
             "observes what Ant-v3 did under MuJoCo >= 2.0, beside these Ant-v5 runs."
         ],
     ),
-    "mujoco_v4": Campaign(
+    "ant_v4": Campaign(
         "Ant: -v4 against -v5 at 1M steps",
         ("Ant-v4",),
         dict(sb3_trpo=1, sb3_contrib=1),
@@ -548,10 +549,12 @@ def time_table(groups: Groups) -> str:
                 for run, hit in zip(row, reached, strict=True)
             )
             kinds = {bool(run.get("eval_cpu_s")) for run, hit in zip(row, reached, strict=True) if hit and hit[1] is not None}
-            median = f"{format_number(float(np.median(seconds)), 0)}{' (mixed)' if len(kinds) > 1 else ''}"
+            median = (
+                f"{format_number(float(np.median(seconds)), 0)}{' (mixed)' if len(kinds) > 1 else ''}" if seconds else "n/a"
+            )
             lines.append(
                 f"| {env_id} | {goal:g} | {algo} | {steps:,} | {sum(hit is not None for hit in reached)} of {len(row)} | "
-                f"{median if seconds else 'n/a'} | {per_seed} |"
+                f"{median} | {per_seed} |"
             )
     return _table(
         lines,

@@ -80,11 +80,11 @@ GENERATED = DOCS / "_generated"
 # report file -> (title, plots, the command that writes them)
 BENCHMARK_REPORTS = {
     "learning.md": ("Learning benchmark", "learning_*.png", "make benchmark-learning"),
-    "mujoco.md": ("MuJoCo at 1M steps", "mujoco_*-v5*.png", "python benchmarks/learning.py --campaign mujoco"),
-    "mujoco_v4.md": (
+    "mujoco.md": ("MuJoCo at 1M steps", "mujoco_*.png", "python benchmarks/learning.py --campaign mujoco"),
+    "ant_v4.md": (
         "Ant: -v4 against -v5",
-        "mujoco_v4_*.png",
-        "python benchmarks/learning.py --campaign mujoco_v4",
+        "ant_v4_*.png",
+        "python benchmarks/learning.py --campaign ant_v4",
     ),
     "speed.md": ("Speed benchmark", None, "make benchmark-speed"),
     "penalty.md": ("Penalty vs constraint", "penalty_*.png", "python benchmarks/learning.py --campaign penalty"),

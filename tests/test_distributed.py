@@ -154,8 +154,10 @@ def test_the_process_group_the_communicator_starts_is_torn_down_at_exit(monkeypa
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    for name, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1"}.items():
+    environment = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1"}
+    for name, value in {**environment, "TORCH_GLOO_LAZY_INIT": "1"}.items():  # the communicator sets the last
         monkeypatch.setenv(name, value)
+    monkeypatch.delattr(sys, "last_value", raising=False)
     registered: list[object] = []
     monkeypatch.setattr(atexit, "register", registered.append)
     try:
@@ -165,6 +167,10 @@ def test_the_process_group_the_communicator_starts_is_torn_down_at_exit(monkeypa
         destroy_at_exit()
         assert not dist.is_initialized()
         destroy_at_exit()  # a group already destroyed (by the user, say): nothing to do
+        Communicator(timeout_s=30)
+        monkeypatch.setattr(sys, "last_value", RuntimeError("a rank raised"), raising=False)
+        destroy_at_exit()  # after an uncaught exception the group is left alone (others may be in a collective)
+        assert dist.is_initialized()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import time
 from datetime import timedelta
 from typing import Any
@@ -33,8 +34,12 @@ def destroy_at_exit() -> None:
 
     Left to the interpreter's final teardown, a gloo group on torch 2.x sometimes aborts the process after a
     run that succeeded ("terminate called without an active exception", SIGABRT, about one run in four
-    here), and torchrun then reports the run failed, or restarts it under ``--max-restarts``.
+    here), and torchrun then reports the run failed, or restarts it under ``--max-restarts``. After an uncaught
+    exception (Python has set ``sys.last_value``) the group is left alone: the other ranks may still be in a
+    collective, and tearing down an NCCL group under them can hang this process.
     """
+    if getattr(sys, "last_value", None) is not None:
+        return
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
