@@ -24,7 +24,7 @@ process with all the environments then runs its own ``train()`` from each record
 the single-process update on the same rollouts, compared with the ranks' as above (and the ranks with each
 other: they must be bit-identical).
 
-    python benchmarks/equivalence.py --envs HalfCheetah-v5 Hopper-v5 --seed 1 --updates 120 --data-parallel-updates 60
+    python benchmarks/equivalence.py --envs HalfCheetah-v5 Hopper-v5 Swimmer-v5 --updates 120 --data-parallel-updates 60
 
 prints the tables and writes them, with the median and largest differences, to ``results/equivalence.md``.
 """
@@ -262,7 +262,7 @@ def main() -> None:
         data_parallel_rank(env_id, seed, updates, out)
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--envs", nargs="+", default=["HalfCheetah-v5", "Hopper-v5"])
+    parser.add_argument("--envs", nargs="+", default=["HalfCheetah-v5", "Hopper-v5", "Swimmer-v5"])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--updates", type=int, default=120)
     parser.add_argument(

@@ -115,7 +115,7 @@ CAMPAIGNS: dict[str, Campaign] = {
         readme_extras=True,
         notes=[
             "Where ours and sb3-contrib's TRPO differ: on the same rollouts from the same state, our update equals "
-            "sb3-contrib's on HalfCheetah-v5 and Hopper-v5 up to the random start of sb3-contrib's conjugate "
+            "sb3-contrib's on HalfCheetah-v5, Hopper-v5 and Swimmer-v5 up to the random start of sb3-contrib's conjugate "
             "gradient (a median relative difference of a few 1e-4), and its length is not biased either way "
             "(`benchmarks/equivalence.py`, `results/equivalence.md`); a gap between the two is then the seeds', "
             "which the interval column weighs. Where every algorithm ends far from the published figure, the task "
