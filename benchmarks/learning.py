@@ -504,7 +504,8 @@ def final_table(groups: Groups, reference: str) -> str:
     ]
     if with_published:
         notes.append(
-            f"Published: {PUBLISHED_SOURCE}, one trained agent on the -v3 task (ours run -v5), mean ± std over the "
+            f"Published: {PUBLISHED_SOURCE}, one trained agent on the -v3 task (ours run "
+            f"{', '.join(sorted({'-' + env_id.rsplit('-', 1)[-1] for env_id in groups}))}), mean ± std over the "
             "episodes of its final 150k-step evaluation, not over seeds."
         )
     if negative:
