@@ -116,7 +116,8 @@ CAMPAIGNS: dict[str, Campaign] = {
         notes=[
             "Where ours and sb3-contrib's TRPO differ: on the same rollouts from the same state, our update equals "
             "sb3-contrib's on HalfCheetah-v5, Hopper-v5 and Swimmer-v5 up to the random start of sb3-contrib's conjugate "
-            "gradient (a median relative difference of a few 1e-4), and its length is not biased either way "
+            "gradient (a median relative difference of a few 1e-4), with step lengths whose ratio has median 1 and "
+            "stays within 2% "
             "(`benchmarks/equivalence.py`, `results/equivalence.md`); a gap between the two is then the seeds', "
             "which the interval column weighs. Where every algorithm ends far from the published figure, the task "
             "version is the first suspect: rl-zoo measured -v3 tasks; the `ant_v4` campaign runs Ant-v4, which "
