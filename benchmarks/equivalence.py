@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch as th
 from common import DEFAULT_RESULTS_DIR, git_commit, set_single_thread, source_fingerprint, versions, write_text
-from hyperparams import ALGORITHMS, make_env, make_model, run_settings
+from hyperparams import make_model, run_settings
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecNormalize
@@ -116,8 +116,7 @@ def data_parallel_rank(env_id: str, seed: int, updates: int, out: Path) -> None:
     settings = run_settings("sb3_trpo", env_id)
     if settings.n_envs % world_size:
         raise SystemExit(f"{env_id}: n_envs={settings.n_envs} does not split over {world_size} ranks")
-    env = make_env(env_id, settings.n_envs // world_size, seed, settings.normalize)
-    model = ALGORITHMS["sb3_trpo"].load_class()(settings.policy, env, seed=seed, device="cpu", **settings.algo_kwargs)
+    model = make_model("sb3_trpo", env_id, seed, n_envs=settings.n_envs // world_size)
     model.set_logger(Logger(None, []))
     assert model._data_parallel is not None, "not data-parallel: run under torchrun"
     model._data_parallel.checksum_interval = 0  # a drift between the ranks is measured, not stopped

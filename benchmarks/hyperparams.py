@@ -177,13 +177,22 @@ def make_env(env_id: str, n_envs: int, seed: int, normalize: dict[str, Any] | No
     return env
 
 
-def make_model(algo: str, env_id: str, seed: int, device: str = "cpu", verbose: int = 0, **overrides: Any) -> BaseAlgorithm:
+def make_model(
+    algo: str,
+    env_id: str,
+    seed: int,
+    device: str = "cpu",
+    verbose: int = 0,
+    n_envs: int | None = None,
+    **overrides: Any,
+) -> BaseAlgorithm:
     """Build ``algo`` on ``env_id`` with its zoo settings, seeded with ``seed``.
 
-    ``overrides`` replace constructor arguments of the entry (not ``n_envs`` or ``normalize``). The number of
-    training steps is ``run_settings(algo, env_id).n_timesteps``.
+    ``n_envs`` replaces the entry's (a data-parallel rank's share of them, say); ``overrides`` replace its
+    constructor arguments (not ``normalize``). The number of training steps is
+    ``run_settings(algo, env_id).n_timesteps``.
     """
     settings = run_settings(algo, env_id)
-    env = make_env(env_id, settings.n_envs, seed, settings.normalize)
+    env = make_env(env_id, settings.n_envs if n_envs is None else n_envs, seed, settings.normalize)
     kwargs = {**settings.algo_kwargs, **overrides}
     return ALGORITHMS[algo].load_class()(settings.policy, env, seed=seed, device=device, verbose=verbose, **kwargs)

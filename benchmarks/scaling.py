@@ -49,13 +49,10 @@ DEFAULT_STEPS = 20_480
 def worker(env_id: str, steps: int, n_envs: int, out: Path, distributed: str = "auto") -> None:
     """One rank (or the single process): train, write the figures as JSON (rank 0 only)."""
     set_single_thread()
-    from hyperparams import ALGORITHMS, make_env, run_settings
+    from hyperparams import make_model
 
-    settings = run_settings("sb3_trpo", env_id)  # the zoo entry, with this rank's share of its environments
-    env = make_env(env_id, n_envs, seed=0, normalize=settings.normalize)
-    model = ALGORITHMS["sb3_trpo"].load_class()(
-        settings.policy, env, seed=0, device="cpu", distributed=distributed, **settings.algo_kwargs
-    )
+    # The zoo entry, with this rank's share of its environments.
+    model = make_model("sb3_trpo", env_id, seed=0, n_envs=n_envs, distributed=distributed)
     start = time.perf_counter()
     model.learn(steps)
     seconds = time.perf_counter() - start

@@ -33,10 +33,10 @@ def destroy_at_exit() -> None:
     for the group it started).
 
     Left to the interpreter's final teardown, a gloo group on torch 2.x sometimes aborts the process after a
-    run that succeeded ("terminate called without an active exception", SIGABRT, about one run in four
-    here), and torchrun then reports the run failed, or restarts it under ``--max-restarts``. After an uncaught
-    exception (Python has set ``sys.last_value``) the group is left alone: the other ranks may still be in a
-    collective, and tearing down an NCCL group under them can hang this process.
+    run that succeeded ("terminate called without an active exception", SIGABRT), and torchrun then reports
+    the run failed, or restarts it under ``--max-restarts``. After an uncaught exception (Python has set
+    ``sys.last_value``) the group is left alone: the other ranks may still be in a collective, and tearing
+    down an NCCL group under them can hang this process.
     """
     if getattr(sys, "last_value", None) is not None:
         return
