@@ -1,0 +1,60 @@
+"""The learning benchmark's report arithmetic (``benchmarks/learning.py``), on hand-made runs with exact answers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from learning import best_evaluation, compare_to_reference, curve_table, time_to_target
+
+
+def run(seed: int, curve: list[float], final: float, steps: list[int] | None = None) -> dict:
+    steps = steps if steps is not None else [1000 * index for index in range(len(curve))]
+    return {
+        "seed": seed,
+        "eval_timesteps": steps,
+        "eval_mean": curve,
+        "final_mean": final,
+        "eval_cpu_s": [10.0 * index for index in range(len(curve))],
+    }
+
+
+def test_best_evaluation_is_the_first_highest_point_of_the_curve() -> None:
+    assert best_evaluation(run(0, [1.0, 5.0, 3.0, 5.0], final=2.0)) == (5.0, 1000)
+    assert best_evaluation(run(0, [7.0, 5.0, 3.0], final=2.0)) == (7.0, 0)
+
+
+def test_curve_table_gives_untrained_return_best_point_and_final_over_best() -> None:
+    groups = {
+        "Task-v0": {
+            ("ours", 3000): [run(0, [10.0, 40.0, 30.0, 20.0], final=20.0), run(1, [30.0, 50.0, 60.0, 60.0], final=45.0)],
+            ("never_learns", 3000): [run(0, [-4.0, -9.0, -6.0, -5.0], final=-5.0)],
+        }
+    }
+    rows = curve_table(groups).splitlines()
+    assert rows[2] == "| Task-v0 | ours | 3,000 | 20.0 | 40.0 (1k), 60.0 (2k) | 0.50, 0.75 |"
+    # the best is at step 0 and negative: no ratio
+    assert rows[3] == "| Task-v0 | never_learns | 3,000 | -4.0 | -4.0 (0k) | n/a |"
+    assert curve_table({"Task-v0": {("ours", 3000): [run(0, [], final=1.0, steps=[])]}}) == ""
+
+
+def test_compare_to_reference_on_the_seeds_both_ran() -> None:
+    ours = [run(0, [], 10.0), run(1, [], 20.0), run(2, [], 99.0)]
+    theirs = [run(0, [], 5.0), run(1, [], 5.0)]
+    comparison = compare_to_reference(ours, theirs)
+    assert comparison["seeds"] == 2
+    assert comparison["ratio"] == pytest.approx(3.0)
+    assert comparison["difference"] == pytest.approx(10.0)
+    low, high = comparison["interval"]
+    assert 5.0 <= low <= 10.0 <= high <= 15.0  # ours resample among {10, 20}, theirs are always 5
+    assert compare_to_reference(ours, None)["seeds"] == 0
+
+
+def test_time_to_target_is_the_first_evaluation_that_reaches_it() -> None:
+    curve = run(0, [0.0, 50.0, 120.0, 90.0, 130.0], final=100.0)
+    assert time_to_target(curve, 100.0) == (2000, 20.0)
+    assert time_to_target(curve, 200.0) is None
