@@ -81,6 +81,12 @@ for _lag in (1, 2, 4):
             "lagged:FixedLagTRPO", "sb3_trpo:trpo.yml", {"policy_lag": _lag, **_options}
         )
 
+# Diagnostic variants of a task: its environment with other constructor arguments, under an id of their own, with
+# the task's zoo entry. AntNoContactObs-v5: Ant-v5's reward (the contact cost included) with Ant-v4's observation.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "AntNoContactObs-v5": ("Ant-v5", {"include_cfrc_ext_in_observation": False}),
+}
+
 # Keys of an entry that set up the run; all the others are constructor arguments.
 RUN_KEYS = ("n_envs", "n_timesteps", "normalize", "policy")
 # Keys of rl_zoo3's entries that these benchmarks do not implement: an entry with one is refused, not half-read.
@@ -102,6 +108,7 @@ def zoo_entry(algo: str, env_id: str) -> tuple[str, dict[str, Any]]:
         raise KeyError(f"unknown algorithm {algo!r}; available: {sorted(ALGORITHMS)}")
     path = ALGORITHMS[algo].zoo_path
     table = yaml.safe_load(path.read_text(encoding="utf-8"))
+    env_id = VARIANTS.get(env_id, (env_id, {}))[0]
     candidates = [env_id] + ([env_id[:-3] + "-v4"] if env_id.endswith("-v5") else [])
     for key in candidates:
         if key in table:
@@ -168,6 +175,12 @@ def make_env(env_id: str, n_envs: int, seed: int, normalize: dict[str, Any] | No
     """
     import gymnasium
 
+    if env_id in VARIANTS and env_id not in gymnasium.registry:
+        base, changes = VARIANTS[env_id]
+        spec = gymnasium.spec(base)
+        gymnasium.register(
+            env_id, entry_point=spec.entry_point, max_episode_steps=spec.max_episode_steps, kwargs={**spec.kwargs, **changes}
+        )
     if env_id not in gymnasium.registry:
         import rl_zoo3.import_envs  # noqa: F401  (registers rl-zoo's tasks, e.g. CartPoleNoVel-v1)
     env = make_vec_env(env_id, n_envs=n_envs, seed=seed)

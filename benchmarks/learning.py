@@ -126,7 +126,7 @@ CAMPAIGNS: dict[str, Campaign] = {
     ),
     "ant_v4": Campaign(
         "Ant: -v4 against -v5 at 1M steps",
-        ("Ant-v4",),
+        ("Ant-v4", "AntNoContactObs-v5"),
         dict(sb3_trpo=1, sb3_contrib=1),
         "sb3_contrib",
         final_eval_steps=150_000,
@@ -136,7 +136,10 @@ CAMPAIGNS: dict[str, Campaign] = {
             "contact forces (27 entries; -v5 adds 78 contact forces and their cost to the reward), which is what "
             "-v3 effectively observed under MuJoCo >= 2.0, where its contact forces read 0 (openai/gym#1541). "
             "The same zoo settings, the same evaluation: if -v4 lands near the published figure, the environment "
-            "version explains the gap."
+            "version explains the gap. AntNoContactObs-v5 (`hyperparams.VARIANTS`) is Ant-v5 with "
+            "`include_cfrc_ext_in_observation=False`: -v5's reward, contact cost included, with -v4's observation; "
+            "it tells the two changes apart (protocol fixed before its run: our TRPO, seed 0; it is said to follow "
+            "the observation if its final return lands nearer the Ant-v4 run's than the Ant-v5 run's)."
         ],
     ),
 }

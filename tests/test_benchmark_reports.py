@@ -58,3 +58,16 @@ def test_time_to_target_is_the_first_evaluation_that_reaches_it() -> None:
     curve = run(0, [0.0, 50.0, 120.0, 90.0, 130.0], final=100.0)
     assert time_to_target(curve, 100.0) == (2000, 20.0)
     assert time_to_target(curve, 200.0) is None
+
+
+def test_a_diagnostic_variant_is_its_task_with_other_arguments_and_the_same_zoo_entry() -> None:
+    from hyperparams import VARIANTS, make_env, zoo_entry
+
+    assert VARIANTS["AntNoContactObs-v5"] == ("Ant-v5", {"include_cfrc_ext_in_observation": False})
+    assert zoo_entry("sb3_trpo", "AntNoContactObs-v5") == zoo_entry("sb3_trpo", "Ant-v5")
+    variant, task = make_env("AntNoContactObs-v5", 1, 0, None), make_env("Ant-v5", 1, 0, None)
+    assert variant.observation_space.shape == (27,)  # Ant-v4's observation: no contact forces
+    assert task.observation_space.shape == (105,)
+    assert variant.envs[0].spec.max_episode_steps == task.envs[0].spec.max_episode_steps == 1000
+    variant.close()
+    task.close()
