@@ -71,3 +71,49 @@ def test_a_diagnostic_variant_is_its_task_with_other_arguments_and_the_same_zoo_
     assert variant.envs[0].spec.max_episode_steps == task.envs[0].spec.max_episode_steps == 1000
     variant.close()
     task.close()
+
+
+def test_the_penalty_search_starts_from_the_shipped_entry_and_refuses_evaluation_seeds() -> None:
+    import tune
+
+    assert tune.shipped("sb3_trpo_penalty", "HalfCheetah-v5") == {
+        "target_kl": 0.04,  # the entry's
+        "beta": 1.0,  # TRPOPenalty's defaults, where the entry is silent
+        "kl_tolerance": 1.5,
+        "beta_factor": 2.0,
+        "policy_optimizer": "natural",
+    }
+    assert tune.shipped("sb3_trpo_penalty", "Hopper-v5")["target_kl"] == 0.01  # TRPO's default
+    for seed in range(5):
+        with pytest.raises(SystemExit):
+            tune.parse_args(["--env", "Hopper-v5", "--seed", str(seed)])
+    with pytest.raises(SystemExit):
+        tune.parse_args(["--env", "Hopper-v5", "--steps", "0"])
+
+
+def test_a_penalty_search_runs_its_baseline_first_and_resumes_with_new_draws(tmp_path: Path) -> None:
+    import json
+
+    import tune
+
+    arguments = [
+        "--env",
+        "Pendulum-v1",
+        "--steps",
+        "1024",
+        "--evaluations",
+        "2",
+        "--eval-episodes",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
+    assert tune.main([*arguments, "--trials", "2"]) == 0
+    assert tune.main([*arguments, "--trials", "1"]) == 0
+    study = json.loads((tmp_path / "tune" / "sb3_trpo_penalty_Pendulum-v1.json").read_text())
+    trials = {trial["number"]: trial for trial in study["trials"]}
+    assert sorted(trials) == [0, 1, 2]
+    assert trials[0]["params"] == tune.shipped("sb3_trpo_penalty", "Pendulum-v1")
+    assert trials[1]["params"] != trials[2]["params"]  # the resumed sampler does not draw trial 1 again
+    assert all(trial["state"] == "complete" and trial["value"] < 0 for trial in trials.values())
+    assert "| 0 |" in (tmp_path / "tune" / "sb3_trpo_penalty_Pendulum-v1.md").read_text()
