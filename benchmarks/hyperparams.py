@@ -176,11 +176,12 @@ def make_env(env_id: str, n_envs: int, seed: int, normalize: dict[str, Any] | No
     import gymnasium
 
     if env_id in VARIANTS and env_id not in gymnasium.registry:
+        import dataclasses
+
         base, changes = VARIANTS[env_id]
-        spec = gymnasium.spec(base)
-        gymnasium.register(
-            env_id, entry_point=spec.entry_point, max_episode_steps=spec.max_episode_steps, kwargs={**spec.kwargs, **changes}
-        )
+        spec = gymnasium.spec(base)  # everything of the task's registration but its id, and its arguments changed
+        fields = {field.name: getattr(spec, field.name) for field in dataclasses.fields(spec) if field.init}
+        gymnasium.register(**{**fields, "id": env_id, "kwargs": {**spec.kwargs, **changes}})
     if env_id not in gymnasium.registry:
         import rl_zoo3.import_envs  # noqa: F401  (registers rl-zoo's tasks, e.g. CartPoleNoVel-v1)
     env = make_vec_env(env_id, n_envs=n_envs, seed=seed)

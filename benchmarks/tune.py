@@ -2,7 +2,7 @@
 
 The MuJoCo entries of ``trpo_penalty.yml`` are ``trpo.yml``'s: rl-zoo tuned them for TRPO's constraint. Where they
 leave TRPOPenalty clearly behind, this searches what the penalty adds, keeping everything else of the entry.
-"Clearly behind", fixed before the campaign's penalty seeds 1 and 2 ran: on the seeds both ran (at least 3),
+"Clearly behind", fixed before the campaign's penalty seeds 1 and 2 finished: on the seeds both ran (at least 3),
 TRPOPenalty's mean final return in the ``mujoco`` campaign is below our TRPO's and the 95% bootstrap interval
 of the difference (``learning.compare_to_reference``) lies below 0. The search:
 
@@ -14,12 +14,14 @@ of the difference (``learning.compare_to_reference``) lies below 0. The search:
 
 Trial 0 is the entry as shipped (the baseline). Every trial trains with one seed (``--seed``, 100 by default: the
 campaigns evaluate seeds 0 to 4) for ``--steps`` steps, is evaluated as ``learning.py`` evaluates (deterministic
-policy, the evaluation env seeded with seed + 10,000) at ``--evaluations`` points, and is scored by its last
-evaluation; Optuna's median pruner stops a trial below the median of the others at the same point. TPE sampler,
-seeded. One process, one torch thread.
+policy, the evaluation env seeded with seed + 10,000) at ``--evaluations`` points (step 0 included) and at the
+end, and is scored by the end's; from a third of the way on, Optuna's median pruner stops a trial whose
+evaluation falls below the median of the earlier trials at the same point. TPE sampler, seeded. One process, one
+torch thread.
 
-The study is kept in a journal file beside the report (``results/tune/<algo>_<env>.log``, text, resumable: run
-the command again to add trials), and the report (``results/tune/<algo>_<env>.md``) lists every trial. A result
+The study is kept in a journal file beside the report (``results/tune/<algo>_<env>.log``, text, resumable: the
+same command adds trials; other ``--steps``, ``--seed`` or evaluation options are refused), and the report
+(``results/tune/<algo>_<env>.md``, ``--report-only`` rebuilds it) lists every trial. A result
 goes into the zoo file by hand, as a hyperparameter, with a comment naming the report; it becomes the shipped
 entry only after the campaign's evaluation seeds have run with it.
 
@@ -29,6 +31,7 @@ entry only after the campaign's evaluation seeds have run with it.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -36,11 +39,12 @@ from typing import Any
 import numpy as np
 import optuna
 from common import DEFAULT_RESULTS_DIR, commit_files, git_commit, set_single_thread, source_fingerprint, versions, write_text
-from hyperparams import make_env, make_model, run_settings
+from hyperparams import ALGORITHMS, make_env, make_model, run_settings
 from learning import EVAL_SEED_OFFSET, Recorder
 
-PENALTY_DEFAULTS = {"beta": 1.0, "kl_tolerance": 1.5, "beta_factor": 2.0, "policy_optimizer": "natural"}
-TRPO_DEFAULT_TARGET_KL = 0.01
+SEARCHED = ("target_kl", "beta", "kl_tolerance", "beta_factor", "policy_optimizer")
+# What a study's trials must share: a resumed study with other values would mix unlike trials.
+STUDY_OPTIONS = ("seed", "steps", "evaluations", "eval_episodes")
 
 
 def penalty_space(trial: optuna.Trial) -> dict[str, Any]:
@@ -55,24 +59,32 @@ def penalty_space(trial: optuna.Trial) -> dict[str, Any]:
 
 
 def shipped(algo: str, env_id: str) -> dict[str, Any]:
-    """The entry's values of the searched settings (the constructor's defaults where the entry is silent)."""
+    """The entry's values of the searched settings; the constructor's defaults where the entry is silent."""
     kwargs = run_settings(algo, env_id).algo_kwargs
-    values = {"target_kl": kwargs.get("target_kl", TRPO_DEFAULT_TARGET_KL), **PENALTY_DEFAULTS}
-    return {name: kwargs.get(name, value) for name, value in values.items()}
+    defaults: dict[str, Any] = {}
+    for cls in reversed(ALGORITHMS[algo].load_class().__mro__):  # TRPOPenalty passes TRPO's through **kwargs
+        if "__init__" in vars(cls):
+            parameters = inspect.signature(cls.__init__).parameters.values()
+            defaults.update({p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty})
+    return {name: kwargs.get(name, defaults[name]) for name in SEARCHED}
 
 
 class PruningRecorder(Recorder):
-    """``learning.py``'s evaluations, each reported to the trial; a trial the pruner stops ends there."""
+    """``learning.py``'s evaluations; those along training after step 0 go to the trial, whose pruner may stop it."""
 
     def __init__(self, trial: optuna.Trial, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.trial = trial
+        self.training = True
+
+    def _on_training_end(self) -> None:
+        self.training = False  # the final evaluation follows: the trial's score, not a point to prune at
+        super()._on_training_end()
 
     def _evaluate(self, episodes: int | None, steps: int | None = None) -> list[float]:
         returns = super()._evaluate(episodes, steps)
-        step = int(self.num_timesteps)
-        if 0 < step < self.model._total_timesteps:  # the points along training, not the final evaluation
-            self.trial.report(float(np.mean(returns)), step)
+        if self.training and self.num_timesteps > 0:
+            self.trial.report(float(np.mean(returns)), int(self.num_timesteps))
             if self.trial.should_prune():
                 raise optuna.TrialPruned()
         return returns
@@ -82,18 +94,16 @@ def objective(args: argparse.Namespace) -> Any:
     settings = run_settings(args.algo, args.env)
 
     def run_trial(trial: optuna.Trial) -> float:
-        params = penalty_space(trial)
-        model = make_model(args.algo, args.env, args.seed, **params)
+        model = make_model(args.algo, args.env, args.seed, **penalty_space(trial))
         eval_seed = args.seed + EVAL_SEED_OFFSET
-        recorder = PruningRecorder(
-            trial,
-            make_env(args.env, 1, eval_seed, settings.normalize, training=False),
-            eval_seed,
-            args.steps / args.evaluations,
-            args.eval_episodes,
-            {"episodes": args.eval_episodes, "steps": None},
-        )
-        model.learn(total_timesteps=args.steps, callback=recorder)
+        eval_env = make_env(args.env, 1, eval_seed, settings.normalize, training=False)
+        final = {"episodes": args.eval_episodes, "steps": None}
+        recorder = PruningRecorder(trial, eval_env, eval_seed, args.steps / args.evaluations, args.eval_episodes, final)
+        try:
+            model.learn(total_timesteps=args.steps, callback=recorder)
+        finally:
+            eval_env.close()
+            model.get_env().close()
         result = recorder.result()
         trial.set_user_attr("curve", [result["eval_timesteps"], result["eval_mean"]])
         trial.set_user_attr("learn_cpu_s", result["learn_cpu_s"])
@@ -109,63 +119,75 @@ def paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     return folder / f"{stem}.log", folder / f"{stem}.md", folder / f"{stem}.json"
 
 
-def report(study: optuna.Study, args: argparse.Namespace, baseline: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The study as Markdown (every trial, best first) and as JSON."""
+def command(args: argparse.Namespace) -> str:
+    options = " ".join(f"--{name.replace('_', '-')} {getattr(args, name)}" for name in STUDY_OPTIONS)
+    return f"python benchmarks/tune.py --algo {args.algo} --env {args.env} {options}"
+
+
+def score(trial: optuna.trial.FrozenTrial) -> str:
+    """A complete trial's final return; where a pruned one stopped (Optuna keeps its last evaluation as its value)."""
+    if trial.state == optuna.trial.TrialState.COMPLETE:
+        return f"{trial.value:.1f}"
+    if trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values:
+        step = max(trial.intermediate_values)
+        return f"pruned at {step:,} ({trial.intermediate_values[step]:.1f})"
+    return "n/a"
+
+
+def report(study: optuna.Study, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The study as Markdown (complete trials best first, then the others) and as JSON."""
     trials = [trial for trial in study.trials if trial.state.is_finished()]
-    done = [trial for trial in trials if trial.state == optuna.trial.TrialState.COMPLETE]
-    ranked = sorted(done, key=lambda trial: -trial.value) + [t for t in trials if t.state != optuna.trial.TrialState.COMPLETE]
-    names = list(baseline)
+    done = sorted(
+        (trial for trial in trials if trial.state == optuna.trial.TrialState.COMPLETE), key=lambda trial: -trial.value
+    )
+    others = [trial for trial in trials if trial.state != optuna.trial.TrialState.COMPLETE]
     lines = [
         f"# Optuna search of {args.algo}'s own settings on {args.env}",
         "",
-        f"Generated by `python benchmarks/tune.py --algo {args.algo} --env {args.env}`; do not edit by hand. "
-        f"Each trial: seed {args.seed}, {args.steps:,} steps, scored by the deterministic return over "
-        f"{args.eval_episodes} episodes at the end; evaluations at {args.evaluations} points feed the median pruner. "
-        "Trial 0 is the entry as shipped. Everything else is the zoo entry's.",
+        f"Generated by `{command(args)} --report-only`; do not edit by hand. Each trial: seed {args.seed}, "
+        f"{args.steps:,} steps, scored by the deterministic return over {args.eval_episodes} episodes at the end; its "
+        f"evaluations after step 0 ({args.evaluations - 1} along training) feed the median pruner. The shipped entry "
+        "is marked (baseline). The other settings are the zoo entry's.",
         "",
-        f"| Trial | Score | State | {' | '.join(names)} |",
-        "|---:|---:|---|" + "---|" * len(names),
+        f"| Trial | Score | State | {' | '.join(SEARCHED)} |",
+        "|---:|---:|---|" + "---|" * len(SEARCHED),
     ]
-    for trial in ranked:
-        score = f"{trial.value:.1f}" if trial.value is not None else "n/a"
-        cells = " | ".join(_cell(trial.params.get(name)) for name in names)
-        lines.append(f"| {trial.number} | {score} | {trial.state.name.lower()} | {cells} |")
-    base = next((trial for trial in done if trial.number == 0), None)
-    best = ranked[0] if done else None
-    if best is not None and base is not None:
+    for trial in done + others:
+        cells = " | ".join(_cell(trial.params.get(name)) for name in SEARCHED)
+        name = f"{trial.number}{' (baseline)' if trial.user_attrs.get('baseline') else ''}"
+        lines.append(f"| {name} | {score(trial)} | {trial.state.name.lower()} | {cells} |")
+    base = next((trial for trial in done if trial.user_attrs.get("baseline")), None)
+    if done and base is not None:
+        best = done[0]
         lines += [
             "",
-            f"Best: trial {best.number}, {best.value:.1f}, against {base.value:.1f} for the shipped entry (trial 0), "
-            "one seed each: a lead to confirm on the evaluation seeds, not a result.",
+            f"Best: trial {best.number}, {best.value:.1f}, against {base.value:.1f} for the shipped entry (trial "
+            f"{base.number}), one seed each: a lead to confirm on the evaluation seeds, not a result.",
         ]
+    provenance = {"commit": git_commit(), "source": source_fingerprint(), "versions": versions()}
     lines += [
         "",
-        f"Commit {git_commit()}; sb3_trpo source {source_fingerprint()}; "
-        + ", ".join(f"{k} {v}" for k, v in versions().items())
+        f"Commit {provenance['commit']}; sb3_trpo source {provenance['source']}; "
+        + ", ".join(f"{key} {value}" for key, value in provenance["versions"].items())
         + ".",
     ]
     data = {
         "algo": args.algo,
         "env": args.env,
-        "seed": args.seed,
-        "steps": args.steps,
-        "evaluations": args.evaluations,
-        "eval_episodes": args.eval_episodes,
-        "baseline": baseline,
+        **{name: getattr(args, name) for name in STUDY_OPTIONS},
+        "baseline": shipped(args.algo, args.env),
         "trials": [
             {
                 "number": trial.number,
                 "state": trial.state.name.lower(),
-                "value": trial.value,
+                "value": trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None,
                 "params": trial.params,
                 "intermediate": {str(step): value for step, value in trial.intermediate_values.items()},
                 **trial.user_attrs,
             }
             for trial in trials
         ],
-        "commit": git_commit(),
-        "source": source_fingerprint(),
-        "versions": versions(),
+        **provenance,
     }
     return "\n".join(lines) + "\n", data
 
@@ -187,6 +209,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation (default: 10)")
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR)
     parser.add_argument("--commit", action="store_true", help="git-commit the report after every trial")
+    parser.add_argument("--report-only", action="store_true", help="run no trial: rebuild the report from the journal")
     args = parser.parse_args(argv)
     if args.seed in range(5):
         parser.error("--seed: the campaigns evaluate seeds 0 to 4; search on another")
@@ -196,33 +219,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    set_single_thread()
-    journal, markdown, json_path = paths(args)
+def open_study(args: argparse.Namespace, journal: Path) -> optuna.Study:
+    """The study of ``journal``, new or resumed; a ``ValueError`` where it was run with other options."""
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     study = optuna.create_study(
         study_name=f"{args.algo}_{args.env}",
         storage=storage,
         load_if_exists=True,
         direction="maximize",
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=args.steps // 3),
     )
+    options = {name: getattr(args, name) for name in STUDY_OPTIONS}
+    if not study.user_attrs:
+        for name, value in options.items():
+            study.set_user_attr(name, value)
+    elif study.user_attrs != options:
+        raise ValueError(f"{journal} holds a study run with {study.user_attrs}, not {options}: resume it with those")
     # Seeded, and seeded afresh on resuming (a sampler seeded as before would draw the first trials again).
     study.sampler = optuna.samplers.TPESampler(seed=args.seed + len(study.trials), n_startup_trials=5)
-    baseline = shipped(args.algo, args.env)
-    if not study.trials:
-        study.enqueue_trial(baseline)
+    return study
 
-    def write(study: optuna.Study, _: Any) -> None:
-        text, data = report(study, args, baseline)
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    set_single_thread()
+    journal, markdown, json_path = paths(args)
+    study = open_study(args, journal)
+
+    def write(study: optuna.Study, _: Any = None) -> None:
+        text, data = report(study, args)
         write_text(markdown, text)
         write_text(json_path, json.dumps(data, indent=1) + "\n")
         if args.commit:
             commit_files([markdown, json_path, journal], f"Tuning {args.algo} on {args.env}: {len(study.trials)} trial(s)")
 
+    if args.report_only:
+        write(study)
+        return 0
+    # The shipped entry first; queued again while no run of it has a score or waits (one was interrupted or failed).
+    kept = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.WAITING)
+    if not any(trial.user_attrs.get("baseline") and trial.state in kept for trial in study.trials):
+        study.enqueue_trial(shipped(args.algo, args.env), user_attrs={"baseline": True})
     study.optimize(objective(args), n_trials=args.trials, callbacks=[write], catch=())
-    print(report(study, args, baseline)[0])
+    print(report(study, args)[0])
     return 0
 
 

@@ -91,6 +91,37 @@ def test_the_penalty_search_starts_from_the_shipped_entry_and_refuses_evaluation
         tune.parse_args(["--env", "Hopper-v5", "--steps", "0"])
 
 
+class StubTrial:
+    """An Optuna trial's reporting side: records what is reported, prunes when told to."""
+
+    def __init__(self, prune: bool) -> None:
+        self.prune, self.reported = prune, []
+
+    def report(self, value: float, step: int) -> None:
+        self.reported.append(step)
+
+    def should_prune(self) -> bool:
+        return self.prune
+
+
+@pytest.mark.parametrize("prune", [False, True])
+def test_the_pruner_sees_the_evaluations_along_training_but_not_step_0_nor_the_final_one(prune: bool) -> None:
+    import optuna
+    import tune
+    from hyperparams import make_env, make_model
+
+    model = make_model("sb3_trpo_penalty", "Pendulum-v1", seed=100)  # 2 envs x 1024 steps per rollout
+    trial = StubTrial(prune)
+    recorder = tune.PruningRecorder(trial, make_env("Pendulum-v1", 1, 7, None, training=False), 7, 2048, 1, {"episodes": 1})
+    if prune:
+        with pytest.raises(optuna.TrialPruned):
+            model.learn(4096, callback=recorder)
+    else:
+        model.learn(4096, callback=recorder)
+    assert trial.reported == [2048]  # evaluated at 0, 2048 and (unpruned) 4096 at the end
+    assert recorder.curve["eval_timesteps"] == ([0, 2048] if prune else [0, 2048, 4096])
+
+
 def test_a_penalty_search_runs_its_baseline_first_and_resumes_with_new_draws(tmp_path: Path) -> None:
     import json
 
@@ -100,7 +131,7 @@ def test_a_penalty_search_runs_its_baseline_first_and_resumes_with_new_draws(tmp
         "--env",
         "Pendulum-v1",
         "--steps",
-        "1024",
+        "2048",
         "--evaluations",
         "2",
         "--eval-episodes",
@@ -110,10 +141,17 @@ def test_a_penalty_search_runs_its_baseline_first_and_resumes_with_new_draws(tmp
     ]
     assert tune.main([*arguments, "--trials", "2"]) == 0
     assert tune.main([*arguments, "--trials", "1"]) == 0
-    study = json.loads((tmp_path / "tune" / "sb3_trpo_penalty_Pendulum-v1.json").read_text())
+    path = tmp_path / "tune" / "sb3_trpo_penalty_Pendulum-v1.json"
+    study = json.loads(path.read_text())
     trials = {trial["number"]: trial for trial in study["trials"]}
     assert sorted(trials) == [0, 1, 2]
     assert trials[0]["params"] == tune.shipped("sb3_trpo_penalty", "Pendulum-v1")
+    assert [number for number, trial in trials.items() if trial.get("baseline")] == [0]  # queued once
     assert trials[1]["params"] != trials[2]["params"]  # the resumed sampler does not draw trial 1 again
     assert all(trial["state"] == "complete" and trial["value"] < 0 for trial in trials.values())
-    assert "| 0 |" in (tmp_path / "tune" / "sb3_trpo_penalty_Pendulum-v1.md").read_text()
+    assert "| 0 (baseline) |" in (tmp_path / "tune" / "sb3_trpo_penalty_Pendulum-v1.md").read_text()
+    with pytest.raises(ValueError, match="holds a study run with"):  # other options would mix unlike trials
+        tune.main([*arguments[:-2], "--out", str(tmp_path), "--steps", "4096", "--trials", "1"])
+    path.unlink()
+    assert tune.main([*arguments, "--report-only"]) == 0  # rebuilt from the journal, no trial added
+    assert len(json.loads(path.read_text())["trials"]) == 3
