@@ -121,7 +121,8 @@ CAMPAIGNS: dict[str, Campaign] = {
             "(`benchmarks/equivalence.py`, `results/equivalence.md`); a gap between the two is then the seeds', "
             "which the interval column weighs. Where every algorithm ends far from the published figure, the task "
             "version is the first suspect: rl-zoo measured -v3 tasks; the `ant_v4` campaign runs Ant-v4, which "
-            "observes what Ant-v3 did under MuJoCo >= 2.0, beside these Ant-v5 runs."
+            "observes what Ant-v3 did under MuJoCo >= 2.0, and Ant-v5 with its contact forces left out of the "
+            "observation (its reward unchanged), beside these Ant-v5 runs."
         ],
     ),
     "ant_v4": Campaign(
