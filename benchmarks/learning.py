@@ -634,15 +634,23 @@ def settled_kl_ratio(run: Run) -> float:
 def kl_table(groups: Groups) -> str:
     """How close the KL of the updates comes to ``target_kl`` once the penalty's β has settled, beside TRPO's."""
     lines = [
-        "| Environment | Algorithm | Median KL / target_kl, second half (per seed) | Final β (per seed) |",
-        "|---|---|---|---|",
+        "| Environment | Algorithm | First update: KL / target_kl (per seed) "
+        "| Median KL / target_kl, second half (per seed) | Final β (per seed) |",
+        "|---|---|---|---|---|",
     ]
     for env_id, rows in groups.items():
         for algo, row in kl_traces(rows).items():
+            first = ", ".join(f"{run['trace']['kl'][0] / run['target_kl']:.2f}" for run in row)
             ratios = ", ".join(f"{settled_kl_ratio(run):.2f}" for run in row)
             betas = ", ".join(f"{run['trace']['beta'][-1]:.3g}" if "beta" in run["trace"] else "n/a" for run in row)
-            lines.append(f"| {env_id} | {algo} | {ratios} | {betas} |")
-    return "" if len(lines) == 2 else "\n".join(lines) + "\n"
+            lines.append(f"| {env_id} | {algo} | {first} | {ratios} | {betas} |")
+    return _table(
+        lines,
+        (
+            "\n\nThe first update starts from the initial β (1 unless the entry sets `beta`); TRPO's step is scaled "
+            "to the trust region from the first update on.\n"
+        ),
+    )
 
 
 def cost_table(groups: Groups) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from learning import best_evaluation, compare_to_reference, curve_table, time_to_target
+from learning import best_evaluation, compare_to_reference, curve_table, kl_table, time_to_target
 
 
 def run(seed: int, curve: list[float], final: float, steps: list[int] | None = None) -> dict:
@@ -40,6 +40,23 @@ def test_curve_table_gives_untrained_return_best_point_and_final_over_best() -> 
     # the best is at step 0 and negative: no ratio
     assert rows[3] == "| Task-v0 | never_learns | 3,000 | -4.0 | -4.0 (0k) | n/a |"
     assert curve_table({"Task-v0": {("ours", 3000): [run(0, [], final=1.0, steps=[])]}}) == ""
+
+
+def test_kl_table_gives_the_first_update_and_the_settled_kl_against_target_kl() -> None:
+    def traced(kl: list[float], beta: list[float] | None = None) -> dict:
+        return {**run(0, [1.0], 1.0), "target_kl": 0.01, "trace": {"kl": kl, **({"beta": beta} if beta else {})}}
+
+    groups = {
+        "Task-v0": {
+            ("penalty", 100): [traced([0.1, 0.04, 0.01, 0.02, 0.005], beta=[2.0, 4.0, 4.0, 2.0, 1.0])],
+            ("constraint", 100): [traced([0.004, 0.006, 0.008, 0.008])],
+        }
+    }
+    rows = kl_table(groups).splitlines()
+    # second half: [0.01, 0.02, 0.005] (median 0.01) and [0.008, 0.008]
+    assert rows[2] == "| Task-v0 | penalty | 10.00 | 1.00 | 1 |"
+    assert rows[3] == "| Task-v0 | constraint | 0.40 | 0.80 | n/a |"
+    assert kl_table({"Task-v0": {("constraint", 100): [traced([0.004])]}}) == ""  # no penalty run, no table
 
 
 def test_compare_to_reference_on_the_seeds_both_ran() -> None:
