@@ -22,8 +22,10 @@ torch thread.
 The study is kept in a journal file beside the report (``results/tune/<algo>_<env>.log``, text, resumable: the
 same command adds trials; other ``--steps``, ``--seed`` or evaluation options are refused), and the report
 (``results/tune/<algo>_<env>.md``, ``--report-only`` rebuilds it) lists every trial. A result
-goes into the zoo file by hand, as a hyperparameter, with a comment naming the report; it becomes the shipped
-entry only after the campaign's evaluation seeds have run with it.
+goes into the zoo file by hand, as a hyperparameter, with a comment naming the report. The rule, written down
+while the first searches were still running: the best complete trial replaces the entry's searched settings if
+it scores above the baseline trial, else the entry stays as it is (the comment says so); the decision reads the
+study only, never the evaluation seeds, which then run whatever entry ships and are reported as they come.
 
     python benchmarks/tune.py --env HalfCheetah-v5 --trials 16 --steps 300000 --commit
 """
