@@ -109,6 +109,7 @@ def objective(args: argparse.Namespace) -> Any:
         result = recorder.result()
         trial.set_user_attr("curve", [result["eval_timesteps"], result["eval_mean"]])
         trial.set_user_attr("learn_cpu_s", result["learn_cpu_s"])
+        trial.set_user_attr("source", source_fingerprint())  # of the code that ran the trial
         return float(result["final_mean"])
 
     return run_trial
@@ -161,15 +162,20 @@ def report(study: optuna.Study, args: argparse.Namespace) -> tuple[str, dict[str
     base = next((trial for trial in done if trial.user_attrs.get("baseline")), None)
     if done and base is not None:
         best = done[0]
-        lines += [
-            "",
-            f"Best: trial {best.number}, {best.value:.1f}, against {base.value:.1f} for the shipped entry (trial "
-            f"{base.number}), one seed each: a lead to confirm on the evaluation seeds, not a result.",
-        ]
+        verdict = (
+            f"The shipped entry (trial {base.number}) scored best: no trial improved on it, and the entry stays."
+            if best is base
+            else f"Best: trial {best.number}, {best.value:.1f}, against {base.value:.1f} for the shipped entry (trial "
+            f"{base.number}), one seed each: by the rule of `tune.py`, its settings replace the entry's; the "
+            "evaluation seeds then say what they are worth."
+        )
+        lines += ["", verdict]
     provenance = {"commit": git_commit(), "source": source_fingerprint(), "versions": versions()}
+    ran = sorted({str(trial.user_attrs.get("source", "not recorded")) for trial in trials})
     lines += [
         "",
-        f"Commit {provenance['commit']}; sb3_trpo source {provenance['source']}; "
+        f"sb3_trpo source of the trials: {', '.join(ran)}.",
+        f"Report built at commit {provenance['commit']}, sb3_trpo source {provenance['source']}; "
         + ", ".join(f"{key} {value}" for key, value in provenance["versions"].items())
         + ".",
     ]

@@ -172,3 +172,32 @@ def test_a_penalty_search_runs_its_baseline_first_and_resumes_with_new_draws(tmp
     path.unlink()
     assert tune.main([*arguments, "--report-only"]) == 0  # rebuilt from the journal, no trial added
     assert len(json.loads(path.read_text())["trials"]) == 3
+
+
+def test_the_search_report_names_the_verdict_of_the_adoption_rule() -> None:
+    import argparse
+
+    import optuna
+    import tune
+
+    args = argparse.Namespace(algo="sb3_trpo_penalty", env="Pendulum-v1", seed=100, steps=1000, evaluations=2, eval_episodes=1)
+    space = {"target_kl": optuna.distributions.FloatDistribution(0.003, 0.1, log=True)}
+
+    def study_of(*scores: tuple[float, bool]) -> optuna.Study:
+        study = optuna.create_study(direction="maximize")
+        for index, (value, baseline) in enumerate(scores):
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params={"target_kl": 0.01 + index / 100},
+                    distributions=space,
+                    value=value,
+                    user_attrs={"baseline": True} if baseline else {},
+                )
+            )
+        return study
+
+    kept, _ = tune.report(study_of((-100.0, True), (-300.0, False)), args)
+    assert "The shipped entry (trial 0) scored best" in kept
+    replaced, data = tune.report(study_of((-300.0, True), (-100.0, False)), args)
+    assert "Best: trial 1, -100.0, against -300.0 for the shipped entry (trial 0)" in replaced
+    assert [trial["value"] for trial in data["trials"]] == [-300.0, -100.0]
