@@ -229,14 +229,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def open_study(args: argparse.Namespace, journal: Path) -> optuna.Study:
     """The study of ``journal``, new or resumed; a ``ValueError`` where it was run with other options."""
+    if args.report_only and not journal.exists():
+        raise ValueError(f"{journal} holds no study: nothing to report")
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-    study = optuna.create_study(
-        study_name=f"{args.algo}_{args.env}",
-        storage=storage,
-        load_if_exists=True,
-        direction="maximize",
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=args.steps // 3),
-    )
+    name, pruner = f"{args.algo}_{args.env}", optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=args.steps // 3)
+    try:  # loaded, not created again: a create_study(load_if_exists=True) would append to the journal
+        study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
+    except KeyError:
+        if args.report_only:
+            raise ValueError(f"{journal} holds no study {name!r}: nothing to report") from None
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize", pruner=pruner)
     options = {name: getattr(args, name) for name in STUDY_OPTIONS}
     if not study.user_attrs:
         for name, value in options.items():

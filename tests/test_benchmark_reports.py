@@ -170,8 +170,13 @@ def test_a_penalty_search_runs_its_baseline_first_and_resumes_with_new_draws(tmp
     with pytest.raises(ValueError, match="holds a study run with"):  # other options would mix unlike trials
         tune.main([*arguments[:-2], "--out", str(tmp_path), "--steps", "4096", "--trials", "1"])
     path.unlink()
+    journal = (tmp_path / "tune" / "sb3_trpo_penalty_Pendulum-v1.log").read_bytes()
     assert tune.main([*arguments, "--report-only"]) == 0  # rebuilt from the journal, no trial added
     assert len(json.loads(path.read_text())["trials"]) == 3
+    assert (tmp_path / "tune" / "sb3_trpo_penalty_Pendulum-v1.log").read_bytes() == journal  # left as it was
+    with pytest.raises(ValueError, match="holds no study"):
+        tune.main(["--env", "CartPole-v1", "--out", str(tmp_path), "--report-only"])
+    assert not (tmp_path / "tune" / "sb3_trpo_penalty_CartPole-v1.log").exists()
 
 
 def test_the_search_report_names_the_verdict_of_the_adoption_rule() -> None:
