@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from learning import best_evaluation, compare_to_reference, curve_table, kl_table, time_to_target
+from learning import best_evaluation, compare_to_reference, curve_table, kl_table, penalty_table, time_to_target
 
 
 def run(seed: int, curve: list[float], final: float, steps: list[int] | None = None) -> dict:
@@ -57,6 +57,36 @@ def test_kl_table_gives_the_first_update_and_the_settled_kl_against_target_kl() 
     assert rows[2] == "| Task-v0 | penalty | 10.00 | 1.00 | 1 |"
     assert rows[3] == "| Task-v0 | constraint | 0.40 | 0.80 | n/a |"
     assert kl_table({"Task-v0": {("constraint", 100): [traced([0.004])]}}) == ""  # no penalty run, no table
+
+
+def test_penalty_table_says_clearly_behind_only_with_3_seeds_and_the_interval_below_0() -> None:
+    def runs(*finals: float) -> list[dict]:
+        return [run(seed, [], final) for seed, final in enumerate(finals)]
+
+    groups = {
+        "Behind-v0": {("sb3_trpo", 10): runs(10.0, 11.0, 12.0), ("sb3_trpo_penalty", 10): runs(1.0, 2.0, 3.0)},
+        "Overlap-v0": {("sb3_trpo", 10): runs(10.0, 11.0, 12.0), ("sb3_trpo_penalty", 10): runs(1.0, 2.0, 30.0)},
+        "Few-v0": {("sb3_trpo", 10): runs(10.0, 11.0), ("sb3_trpo_penalty", 10): runs(1.0, 2.0)},
+        "Alone-v0": {("sb3_trpo_penalty", 10): runs(1.0, 2.0, 3.0)},
+    }
+    rows = {
+        row.split(" | ")[0][2:]: row.split(" | ")[1:] for row in penalty_table(groups).splitlines()[2:] if row.startswith("| ")
+    }
+    assert sorted(rows) == ["Behind-v0", "Few-v0", "Overlap-v0"]  # no TRPO on Alone-v0: no row
+
+    def difference(cell: str) -> tuple[float, float, float, int]:  # "-9.0 [-10.3, -7.7] (3)"
+        mean, interval, seeds = cell.split(" ", 1)[0], cell[cell.index("[") + 1 : cell.index("]")], cell.split("(")[1]
+        low, high = (float(value) for value in interval.split(", "))
+        return float(mean), low, high, int(seeds.rstrip(")"))
+
+    mean, low, high, seeds = difference(rows["Behind-v0"][1])
+    assert (mean, seeds, rows["Behind-v0"][2]) == (-9.0, 3, "yes |")
+    assert -11.0 <= low < high < 0  # every resampled difference is negative
+    mean, low, high, seeds = difference(rows["Overlap-v0"][1])
+    assert (mean, seeds, rows["Overlap-v0"][2]) == (0.0, 3, "no |")
+    assert low < 0 < high
+    assert difference(rows["Few-v0"][1])[::3] == (-9.0, 2)
+    assert rows["Few-v0"][2] == "n/a |"  # fewer than 3 seeds: no verdict
 
 
 def test_compare_to_reference_on_the_seeds_both_ran() -> None:
