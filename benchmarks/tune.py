@@ -163,11 +163,14 @@ def report(study: optuna.Study, args: argparse.Namespace) -> tuple[str, dict[str
     if done and base is not None:
         best = done[0]
         verdict = (
-            f"The shipped entry (trial {base.number}) scored best: no trial improved on it, and the entry stays."
+            f"The shipped entry (trial {base.number}) scores best of the {len(done)} complete trials."
             if best is base
-            else f"Best: trial {best.number}, {best.value:.1f}, against {base.value:.1f} for the shipped entry (trial "
-            f"{base.number}), one seed each: by the rule of `tune.py`, its settings replace the entry's; the "
-            "evaluation seeds then say what they are worth."
+            else f"Best of the {len(done)} complete trials: trial {best.number}, {best.value:.1f}, against "
+            f"{base.value:.1f} for the shipped entry (trial {base.number}), one seed each."
+        )
+        verdict += (
+            " By `tune.py`'s rule, the best trial of a finished study replaces the entry's settings where it is not "
+            "the shipped entry."
         )
         lines += ["", verdict]
     provenance = {"commit": git_commit(), "source": source_fingerprint(), "versions": versions()}

@@ -232,7 +232,7 @@ def test_the_search_report_names_the_verdict_of_the_adoption_rule() -> None:
         return study
 
     kept, _ = tune.report(study_of((-100.0, True), (-300.0, False)), args)
-    assert "The shipped entry (trial 0) scored best" in kept
+    assert "The shipped entry (trial 0) scores best of the 2 complete trials." in kept
     replaced, data = tune.report(study_of((-300.0, True), (-100.0, False)), args)
-    assert "Best: trial 1, -100.0, against -300.0 for the shipped entry (trial 0)" in replaced
+    assert "Best of the 2 complete trials: trial 1, -100.0, against -300.0 for the shipped entry (trial 0)" in replaced
     assert [trial["value"] for trial in data["trials"]] == [-300.0, -100.0]
