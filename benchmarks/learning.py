@@ -285,6 +285,21 @@ class Recorder(BaseCallback):
         }
 
 
+def evaluating_recorder(
+    algo: str,
+    env_id: str,
+    seed: int,
+    eval_every: float | None,
+    eval_episodes: int,
+    final: dict,
+    recorder: Callable[..., Recorder] = Recorder,
+) -> Recorder:
+    """``recorder`` on the evaluation env of ``seed``: one env, seeded ``seed + EVAL_SEED_OFFSET``, statistics frozen."""
+    eval_seed = seed + EVAL_SEED_OFFSET
+    eval_env = make_env(env_id, 1, eval_seed, run_settings(algo, env_id).normalize, training=False)
+    return recorder(eval_env, eval_seed, eval_every, eval_episodes, final)
+
+
 def train_and_evaluate(
     algo: str,
     env_id: str,
@@ -303,14 +318,9 @@ def train_and_evaluate(
     n_timesteps = settings.n_timesteps if n_timesteps is None else n_timesteps
     source = source_fingerprint()  # of the code imported now, the code that runs
     model = make_model(algo, env_id, seed)
-    eval_seed = seed + EVAL_SEED_OFFSET
     final = {"episodes": final_eval_episodes if final_eval_steps is None else None, "steps": final_eval_steps}
-    recorder = Recorder(
-        make_env(env_id, 1, eval_seed, settings.normalize, training=False),
-        eval_seed,
-        n_timesteps / eval_points if eval_points > 0 else None,
-        eval_episodes,
-        final,
+    recorder = evaluating_recorder(
+        algo, env_id, seed, n_timesteps / eval_points if eval_points > 0 else None, eval_episodes, final
     )
     model.learn(total_timesteps=n_timesteps, callback=recorder)
     target_kl = getattr(model, "target_kl", None)
@@ -323,7 +333,7 @@ def train_and_evaluate(
         "settings": settings.described,
         "evaluation": {
             "deterministic": True,
-            "eval_seed": eval_seed,
+            "eval_seed": recorder.eval_seed,
             "curve_episodes": eval_episodes,
             **{f"final_{key}": value for key, value in final.items()},
         },

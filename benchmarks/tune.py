@@ -33,6 +33,7 @@ study only, never the evaluation seeds, which then run whatever entry ships and 
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 from pathlib import Path
@@ -41,8 +42,8 @@ from typing import Any
 import numpy as np
 import optuna
 from common import DEFAULT_RESULTS_DIR, commit_files, git_commit, set_single_thread, source_fingerprint, versions, write_text
-from hyperparams import ALGORITHMS, make_env, make_model, run_settings
-from learning import EVAL_SEED_OFFSET, Recorder
+from hyperparams import ALGORITHMS, make_model, run_settings
+from learning import Recorder, evaluating_recorder
 
 SEARCHED = ("target_kl", "beta", "kl_tolerance", "beta_factor", "policy_optimizer")
 # What a study's trials must share: a resumed study with other values would mix unlike trials.
@@ -93,18 +94,22 @@ class PruningRecorder(Recorder):
 
 
 def objective(args: argparse.Namespace) -> Any:
-    settings = run_settings(args.algo, args.env)
-
     def run_trial(trial: optuna.Trial) -> float:
         model = make_model(args.algo, args.env, args.seed, **penalty_space(trial))
-        eval_seed = args.seed + EVAL_SEED_OFFSET
-        eval_env = make_env(args.env, 1, eval_seed, settings.normalize, training=False)
         final = {"episodes": args.eval_episodes, "steps": None}
-        recorder = PruningRecorder(trial, eval_env, eval_seed, args.steps / args.evaluations, args.eval_episodes, final)
+        recorder = evaluating_recorder(
+            args.algo,
+            args.env,
+            args.seed,
+            args.steps / args.evaluations,
+            args.eval_episodes,
+            final,
+            functools.partial(PruningRecorder, trial),
+        )
         try:
             model.learn(total_timesteps=args.steps, callback=recorder)
         finally:
-            eval_env.close()
+            recorder.eval_env.close()
             model.get_env().close()
         result = recorder.result()
         trial.set_user_attr("curve", [result["eval_timesteps"], result["eval_mean"]])
