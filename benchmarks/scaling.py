@@ -53,6 +53,17 @@ def worker(env_id: str, steps: int, n_envs: int, out: Path, distributed: str = "
 
     # The zoo entry, with this rank's share of its environments.
     model = make_model("sb3_trpo", env_id, seed=0, n_envs=n_envs, distributed=distributed)
+    parallel = model._data_parallel
+    train, train_s = model.train, [0.0]
+
+    def timed_train() -> None:  # the update's own time: collectives inside it (the periodic checksum) left out
+        waited = 0.0 if parallel is None else parallel.communicator.seconds
+        begin = time.perf_counter()
+        train()
+        waited = 0.0 if parallel is None else parallel.communicator.seconds - waited
+        train_s[0] += time.perf_counter() - begin - waited
+
+    model.train = timed_train  # type: ignore[method-assign]
     start = time.perf_counter()
     model.learn(steps)
     seconds = time.perf_counter() - start
@@ -63,7 +74,6 @@ def worker(env_id: str, steps: int, n_envs: int, out: Path, distributed: str = "
             figures |= {"received": learner.n_received, "dropped": learner.n_dropped, "idle_s": learner.idle_s}
             out.write_text(json.dumps(figures))
         return
-    parallel = model._data_parallel
     latency = None
     if parallel is not None:  # one small all-reduce, the ranks lined up by a barrier first: the cost of a collective
         import torch as th
@@ -77,7 +87,7 @@ def worker(env_id: str, steps: int, n_envs: int, out: Path, distributed: str = "
             times.append(time.perf_counter() - begin)
         latency = float(np.median(times))
     if parallel is None or parallel.is_main:
-        figures = {"learn_s": seconds, "steps": model.num_timesteps, "updates": model._n_updates}
+        figures = {"learn_s": seconds, "train_s": train_s[0], "steps": model.num_timesteps, "updates": model._n_updates}
         if parallel is not None:
             figures |= {"collectives": parallel.communicator.n_collectives, "collective_s": parallel.communicator.seconds}
             figures["latency_s"] = latency
@@ -152,6 +162,61 @@ def predicted_speedups(single: dict[str, float], parallel: dict[str, float], pro
     return {"processes": counts, "gather": gather, "all_reduce": reduce}
 
 
+def same_batch_bounds(single: list[dict[str, Any]], parallel: list[dict[str, Any]], processes: int) -> dict[str, float]:
+    """What the same global batch can gain at best, from runs that timed their update (``train_s``).
+
+    Per update, one process spends ``R₁`` collecting and ``U`` updating; a rank of the ``N``-process run with
+    ``n_envs / N`` environments spends ``R_N`` collecting (its ``learn()`` less its update and its
+    collectives). Pair by pair (the runs alternate), medians of:
+
+    - ``rollout_share``: ``R_N / R₁``, which is ``1/N`` only if a rollout's cost is all in its environments;
+    - ``if_rollout_split``: ``(R₁ + U) / (R₁/N + U)``, the speed-up with the update whole and communication free
+      if the rollout did split (the arithmetic behind a target of 1.6× at 2 processes with ``R₁ ≈ 3U``);
+    - ``update_whole``: ``(R₁ + U) / (R_N + U)``, with the rollout measured, the update whole (the gather
+      design) and communication free;
+    - ``update_divided``: ``(R₁ + U) / (R_N + U/N)``, the same with the update divided by ``N`` (any all-reducing
+      design, its collectives free): no design of the update does better with this rollout.
+    """
+    figures: dict[str, list[float]] = {key: [] for key in ("rollout_ms", "update_ms", "rank_rollout_ms")}
+    figures |= {key: [] for key in ("rollout_share", "if_rollout_split", "update_whole", "update_divided")}
+    for one, many in zip(single, parallel, strict=True):
+        update = one["train_s"] / one["updates"]
+        rollout = one["learn_s"] / one["updates"] - update
+        rank_rollout = (many["learn_s"] - many["train_s"] - many["collective_s"]) / many["updates"]
+        figures["rollout_ms"].append(1000 * rollout)
+        figures["update_ms"].append(1000 * update)
+        figures["rank_rollout_ms"].append(1000 * rank_rollout)
+        figures["rollout_share"].append(rank_rollout / rollout)
+        figures["if_rollout_split"].append((rollout + update) / (rollout / processes + update))
+        figures["update_whole"].append((rollout + update) / (rank_rollout + update))
+        figures["update_divided"].append((rollout + update) / (rank_rollout + update / processes))
+    return {key: float(np.median(values)) for key, values in figures.items()}
+
+
+def bounds_report(results: dict[str, Any], processes: int) -> str:
+    """The table of :func:`same_batch_bounds`, for the tasks whose runs timed their update ("" if none did)."""
+    rows = []
+    for env_id, result in results.items():
+        single, parallel = result["runs"]["1"], result["runs"][str(processes)]
+        if not all("train_s" in run for run in single + parallel):
+            continue
+        b = same_batch_bounds(single, parallel, processes)
+        rows.append(
+            f"| {env_id} | {b['rollout_ms']:.0f} / {b['update_ms']:.0f} | {b['rank_rollout_ms']:.0f} "
+            f"| {b['rollout_share']:.2f} | {b['if_rollout_split']:.2f} | {b['update_whole']:.2f} | {b['update_divided']:.2f} |"
+        )
+    if not rows:
+        return ""
+    return (
+        f"The same global batch at {processes} processes, at best (communication free; per update, medians of the pairs "
+        f"above; `same_batch_bounds` in `benchmarks/scaling.py`):\n\n"
+        f"| Task | one process: rollout / update (ms) | a rank's rollout, n_envs / {processes} (ms) "
+        f"| rank's rollout / one process's (1/{processes} if it split) | speed-up if the rollout split, update whole "
+        f"| speed-up with the rollout measured, update whole | the same, update divided by {processes} |\n"
+        "|---|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows)
+    )
+
+
 def report(results: dict[str, Any], processes: int) -> str:
     lines = [
         f"| Task | 1 process: steps/s | {processes} processes, the same global batch: steps/s | speed-up (median [min, max]) "
@@ -189,6 +254,9 @@ def report(results: dict[str, Any], processes: int) -> str:
             )
             predictions.append(f"| {env_id} | {cells} |")
     text = "\n".join(lines)
+    bounds = bounds_report(results, processes)
+    if bounds:
+        text += "\n\n" + bounds
     if any("async" in result["runs"] for result in results.values()):
         text += "\n\n" + async_report(results, processes)
     if predictions:
