@@ -1,4 +1,4 @@
-"""The learning benchmark's report arithmetic (``benchmarks/learning.py``), on hand-made runs with exact answers."""
+"""The benchmarks' report arithmetic (``benchmarks/learning.py``, ``tune.py``, ``scaling.py``), on hand-made runs with exact answers."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from learning import best_evaluation, compare_to_reference, curve_table, kl_table, penalty_table, time_to_target
+from scaling import bounds_report, same_batch_bounds
 
 
 def run(seed: int, curve: list[float], final: float, steps: list[int] | None = None) -> dict:
@@ -236,3 +237,33 @@ def test_the_search_report_names_the_verdict_of_the_adoption_rule() -> None:
     replaced, data = tune.report(study_of((-300.0, True), (-100.0, False)), args)
     assert "Best of the 2 complete trials: trial 1, -100.0, against -300.0 for the shipped entry (trial 0)" in replaced
     assert [trial["value"] for trial in data["trials"]] == [-300.0, -100.0]
+
+
+def test_the_same_batch_bounds_pair_the_runs_and_take_medians() -> None:
+    # One process: 30 updates, 24 s of learn() of which 6 s updating: R₁ = 0.6 s, U = 0.2 s per update.
+    # A rank with half the environments: 18 s of learn(), 6 s updating, 3 s in collectives: R_N = 0.3 s.
+    one = {"learn_s": 24.0, "train_s": 6.0, "updates": 30, "steps": 1}
+    rank = {"learn_s": 18.0, "train_s": 6.0, "collective_s": 3.0, "updates": 30, "steps": 1}
+    # a second pair whose rank's rollout did not shrink at all: R_N = R₁ = 0.6 s
+    slow_rank = {"learn_s": 27.0, "train_s": 6.0, "collective_s": 3.0, "updates": 30, "steps": 1}
+    bounds = same_batch_bounds([one, one, one], [rank, rank, slow_rank], processes=2)
+    assert bounds["rollout_ms"] == pytest.approx(600.0)
+    assert bounds["update_ms"] == pytest.approx(200.0)
+    assert bounds["rank_rollout_ms"] == pytest.approx(300.0)
+    assert bounds["rollout_share"] == pytest.approx(0.5)
+    assert bounds["if_rollout_split"] == pytest.approx(0.8 / 0.5)
+    assert bounds["update_whole"] == pytest.approx(0.8 / 0.5)  # this rollout did split: both agree
+    assert bounds["update_divided"] == pytest.approx(0.8 / 0.4)
+    # the rank that did not shrink: the update divided by 2 gives at best 0.8 / 0.7
+    assert same_batch_bounds([one], [slow_rank], processes=2)["update_divided"] == pytest.approx(0.8 / 0.7)
+
+
+def test_the_bounds_table_leaves_out_runs_that_did_not_time_their_update() -> None:
+    one = {"learn_s": 24.0, "train_s": 6.0, "updates": 30, "steps": 1}
+    rank = {"learn_s": 18.0, "train_s": 6.0, "collective_s": 3.0, "updates": 30, "steps": 1}
+    untimed = {key: value for key, value in one.items() if key != "train_s"}
+    results = {"Timed-v0": {"runs": {"1": [one], "2": [rank]}}, "Old-v0": {"runs": {"1": [untimed], "2": [rank]}}}
+    rows = bounds_report(results, processes=2).splitlines()
+    assert rows[-1] == "| Timed-v0 | 600 / 200 | 300 | 0.50 | 1.60 | 1.60 | 2.00 |"
+    assert not any("Old-v0" in row for row in rows)
+    assert bounds_report({"Old-v0": results["Old-v0"]}, processes=2) == ""
