@@ -15,19 +15,29 @@ of the difference (``learning.compare_to_reference``) lies below 0. The search:
 Trial 0 is the entry as shipped (the baseline). Every trial trains with one seed (``--seed``, 100 by default: the
 campaigns evaluate seeds 0 to 4) for ``--steps`` steps, is evaluated as ``learning.py`` evaluates (deterministic
 policy, the evaluation env seeded with seed + 10,000) at ``--evaluations`` points (step 0 included) and at the
-end, and is scored by the end's; from a third of the way on, Optuna's median pruner stops a trial whose
-evaluation falls below the median of the earlier trials at the same point. TPE sampler, seeded. One process, one
-torch thread.
+end, and is scored (``--score``) by the end's (``final``) or by the mean of the evaluations of its second half,
+the end's included (``late``: several evaluations rather than one, for a task whose returns move slowly); from a
+third of the way on (``late``: from half), Optuna's median pruner stops a trial whose evaluation falls below the
+median of the earlier trials at the same point. TPE sampler, seeded. One process, one torch thread.
 
-The study is kept in a journal file beside the report (``results/tune/<algo>_<env>.log``, text, resumable: the
-same command adds trials; other ``--steps``, ``--seed`` or evaluation options are refused), and the report
-(``results/tune/<algo>_<env>.md``, ``--report-only`` rebuilds it) lists every trial. A result
+The study is kept in a journal file beside the report (``results/tune/<algo>_<env>[_<label>].log``, text,
+resumable: the same command adds trials; other ``--steps``, ``--seed``, ``--score`` or evaluation options are
+refused; a new protocol for a task takes a ``--label``), and the report (``results/tune/<algo>_<env>[_<label>].md``,
+``--report-only`` rebuilds it) lists every trial. A result
 goes into the zoo file by hand, as a hyperparameter, with a comment naming the report. The rule, written down
 while the first searches were still running: the best complete trial replaces the entry's searched settings if
 it scores above the baseline trial, else the entry stays as it is (the comment says so); the decision reads the
 study only, never the evaluation seeds, which then run whatever entry ships and are reported as they come.
 
     python benchmarks/tune.py --env HalfCheetah-v5 --trials 16 --steps 300000 --commit
+
+Ant-v5's second study, its protocol fixed before any of its trials ran: the first (300,000 steps, scored at the
+end) was suspended after 4 trials, which all ended near 0, the shipped entry's included; every Ant-v5 run of the
+``mujoco`` campaign falls from its untrained return (about 1,000, standing still) to near 0 in its first 50,000
+steps, and our TRPO's climb back only from about 400,000. So: 600,000 steps, 12 evaluation points (every
+50,000), scored by the late mean (7 evaluations, 300,000 to the end), seed 100, 12 trials:
+
+    python benchmarks/tune.py --env Ant-v5 --label late600k --steps 600000 --evaluations 12 --score late --trials 12 --commit
 """
 
 from __future__ import annotations
@@ -47,7 +57,8 @@ from learning import Recorder, evaluating_recorder
 
 SEARCHED = ("target_kl", "beta", "kl_tolerance", "beta_factor", "policy_optimizer")
 # What a study's trials must share: a resumed study with other values would mix unlike trials.
-STUDY_OPTIONS = ("seed", "steps", "evaluations", "eval_episodes")
+STUDY_OPTIONS = ("seed", "steps", "evaluations", "eval_episodes", "score")
+SCORES = ("final", "late")
 
 
 def penalty_space(trial: optuna.Trial) -> dict[str, Any]:
@@ -115,31 +126,49 @@ def objective(args: argparse.Namespace) -> Any:
         trial.set_user_attr("curve", [result["eval_timesteps"], result["eval_mean"]])
         trial.set_user_attr("learn_cpu_s", result["learn_cpu_s"])
         trial.set_user_attr("source", source_fingerprint())  # of the code that ran the trial
-        return float(result["final_mean"])
+        return trial_score(result, args.score, args.steps)
 
     return run_trial
+
+
+def trial_score(result: dict[str, Any], kind: str, steps: int) -> float:
+    """A complete trial's score: its final return (``final``), or the mean of its evaluations from half of
+    ``steps`` on with the final one (``late``)."""
+    if kind == "final":
+        return float(result["final_mean"])
+    late = [value for step, value in zip(result["eval_timesteps"], result["eval_mean"], strict=True) if step >= steps / 2]
+    return float(np.mean([*late, result["final_mean"]]))
+
+
+def prune_from(args: argparse.Namespace) -> int:
+    """The first step at which the median pruner may stop a trial: a third of the way, or half with the late score."""
+    return args.steps // 2 if args.score == "late" else args.steps // 3
 
 
 def paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     folder = args.out / "tune"
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"{args.algo}_{args.env}"
+    stem = f"{args.algo}_{args.env}" + (f"_{args.label}" if args.label else "")
     return folder / f"{stem}.log", folder / f"{stem}.md", folder / f"{stem}.json"
 
 
 def command(args: argparse.Namespace) -> str:
     options = " ".join(f"--{name.replace('_', '-')} {getattr(args, name)}" for name in STUDY_OPTIONS)
-    return f"python benchmarks/tune.py --algo {args.algo} --env {args.env} {options}"
+    label = f" --label {args.label}" if args.label else ""
+    return f"python benchmarks/tune.py --algo {args.algo} --env {args.env}{label} {options}"
 
 
 def score(trial: optuna.trial.FrozenTrial) -> str:
-    """A complete trial's final return; where a pruned one stopped (Optuna keeps its last evaluation as its value)."""
+    """A complete trial's score; where a pruned one stopped (Optuna keeps its last evaluation as its value)."""
     if trial.state == optuna.trial.TrialState.COMPLETE:
         return f"{trial.value:.1f}"
     if trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values:
         step = max(trial.intermediate_values)
         return f"pruned at {step:,} ({trial.intermediate_values[step]:.1f})"
     return "n/a"
+
+
+SCORE_TEXT = {"final": "the evaluation at the end", "late": "the mean of the evaluations from half of its steps to the end"}
 
 
 def report(study: optuna.Study, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -153,9 +182,9 @@ def report(study: optuna.Study, args: argparse.Namespace) -> tuple[str, dict[str
         f"# Optuna search of {args.algo}'s own settings on {args.env}",
         "",
         f"Generated by `{command(args)} --report-only`; do not edit by hand. Each trial: seed {args.seed}, "
-        f"{args.steps:,} steps, scored by the deterministic return over {args.eval_episodes} episodes at the end; its "
-        f"evaluations after step 0 ({args.evaluations - 1} along training) feed the median pruner. The shipped entry "
-        "is marked (baseline). The other settings are the zoo entry's.",
+        f"{args.steps:,} steps, scored by {SCORE_TEXT[args.score]} (the deterministic return over {args.eval_episodes} "
+        f"episodes); its evaluations after step 0 ({args.evaluations - 1} along training) feed the median pruner from "
+        f"step {prune_from(args):,} on. The shipped entry is marked (baseline). The other settings are the zoo entry's.",
         "",
         f"| Trial | Score | State | {' | '.join(SEARCHED)} |",
         "|---:|---:|---|" + "---|" * len(SEARCHED),
@@ -190,6 +219,7 @@ def report(study: optuna.Study, args: argparse.Namespace) -> tuple[str, dict[str
     data = {
         "algo": args.algo,
         "env": args.env,
+        "label": args.label,
         **{name: getattr(args, name) for name in STUDY_OPTIONS},
         "baseline": shipped(args.algo, args.env),
         "trials": [
@@ -223,6 +253,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=100, help="every trial's seed (default: 100, no campaign's)")
     parser.add_argument("--evaluations", type=int, default=6, help="evaluation points along a trial (default: 6)")
     parser.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation (default: 10)")
+    parser.add_argument("--score", default="final", choices=SCORES, help="a trial's score (default: final)")
+    parser.add_argument("--label", default="", help="names a task's second study: its files end in _<label>")
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR)
     parser.add_argument("--commit", action="store_true", help="git-commit the report after every trial")
     parser.add_argument("--report-only", action="store_true", help="run no trial: rebuild the report from the journal")
@@ -232,6 +264,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("trials", "steps", "evaluations", "eval_episodes"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')}: a positive integer")
+    if args.label and not args.label.replace("-", "").replace("_", "").isalnum():
+        parser.error("--label: letters, digits, '-' and '_'")
     return args
 
 
@@ -240,7 +274,7 @@ def open_study(args: argparse.Namespace, journal: Path) -> optuna.Study:
     if args.report_only and not journal.exists():
         raise ValueError(f"{journal} holds no study: nothing to report")
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-    name, pruner = f"{args.algo}_{args.env}", optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=args.steps // 3)
+    name, pruner = f"{args.algo}_{args.env}", optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=prune_from(args))
     try:  # loaded, not created again: a create_study(load_if_exists=True) would append to the journal
         study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
     except KeyError:
@@ -251,8 +285,9 @@ def open_study(args: argparse.Namespace, journal: Path) -> optuna.Study:
     if not study.user_attrs:
         for name, value in options.items():
             study.set_user_attr(name, value)
-    elif study.user_attrs != options:
-        raise ValueError(f"{journal} holds a study run with {study.user_attrs}, not {options}: resume it with those")
+    recorded = {"score": "final"} | study.user_attrs  # the studies from before --score were all scored at the end
+    if recorded != options:
+        raise ValueError(f"{journal} holds a study run with {recorded}, not {options}: resume it with those")
     # Seeded, and seeded afresh on resuming (a sampler seeded as before would draw the first trials again).
     study.sampler = optuna.samplers.TPESampler(seed=args.seed + len(study.trials), n_startup_trials=5)
     return study

@@ -216,7 +216,16 @@ def test_the_search_report_names_the_verdict_of_the_adoption_rule() -> None:
     import optuna
     import tune
 
-    args = argparse.Namespace(algo="sb3_trpo_penalty", env="Pendulum-v1", seed=100, steps=1000, evaluations=2, eval_episodes=1)
+    args = argparse.Namespace(
+        algo="sb3_trpo_penalty",
+        env="Pendulum-v1",
+        seed=100,
+        steps=1000,
+        evaluations=2,
+        eval_episodes=1,
+        score="final",
+        label="",
+    )
     space = {"target_kl": optuna.distributions.FloatDistribution(0.003, 0.1, log=True)}
 
     def study_of(*scores: tuple[float, bool]) -> optuna.Study:
@@ -267,3 +276,34 @@ def test_the_bounds_table_leaves_out_runs_that_did_not_time_their_update() -> No
     assert rows[-1] == "| Timed-v0 | 600 / 200 | 300 | 0.50 | 1.60 | 1.60 | 2.00 |"
     assert not any("Old-v0" in row for row in rows)
     assert bounds_report({"Old-v0": results["Old-v0"]}, processes=2) == ""
+
+
+def test_a_trial_scores_its_final_return_or_the_mean_of_its_second_half() -> None:
+    import tune
+
+    result = {"eval_timesteps": [0, 250, 500, 750], "eval_mean": [1000.0, 0.0, 10.0, 30.0], "final_mean": 50.0}
+    assert tune.trial_score(result, "final", 1000) == 50.0
+    assert tune.trial_score(result, "late", 1000) == pytest.approx((10.0 + 30.0 + 50.0) / 3)  # 500 on, and the end
+    assert tune.prune_from(tune.parse_args(["--env", "Ant-v5", "--steps", "600", "--score", "late"])) == 300
+    assert tune.prune_from(tune.parse_args(["--env", "Ant-v5", "--steps", "600"])) == 200
+    with pytest.raises(SystemExit):
+        tune.parse_args(["--env", "Ant-v5", "--score", "best"])
+    with pytest.raises(SystemExit):
+        tune.parse_args(["--env", "Ant-v5", "--label", "../elsewhere"])
+
+
+def test_a_labelled_study_has_its_own_files_and_a_study_from_before_score_resumes_as_final(tmp_path: Path) -> None:
+    import optuna
+    import tune
+
+    base = ["--env", "Pendulum-v1", "--out", str(tmp_path)]
+    assert tune.paths(tune.parse_args([*base, "--label", "late600k"]))[0].name == "sb3_trpo_penalty_Pendulum-v1_late600k.log"
+    # a journal written before --score existed: its options lack "score", and its trials were scored at the end
+    journal = tune.paths(tune.parse_args(base))[0]
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    old = optuna.create_study(study_name="sb3_trpo_penalty_Pendulum-v1", storage=storage, direction="maximize")
+    for name, value in {"seed": 100, "steps": 300_000, "evaluations": 6, "eval_episodes": 10}.items():
+        old.set_user_attr(name, value)
+    assert tune.open_study(tune.parse_args(base), journal).user_attrs == old.user_attrs
+    with pytest.raises(ValueError, match="holds a study run with"):
+        tune.open_study(tune.parse_args([*base, "--score", "late"]), journal)
