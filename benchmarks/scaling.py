@@ -7,8 +7,10 @@ steps the learner received, and the report gives the share it dropped, the lag a
 For each task, with its zoo settings (``hyperparams.py``), one process with the entry's ``n_envs``
 environments runs beside ``N`` processes with ``n_envs / N`` each (so the batch of an update is the same),
 alternating, ``--repeats`` times, one torch thread per process. Per run: ``learn()`` wall time, steps/s,
-and for the N-process runs the number of collectives per update and the time spent in them (rank 0's,
-waiting for the other ranks included). ``--report-only`` rebuilds the report from ``results/scaling.json``.
+the time of its updates (``train()``, collectives inside it left out), and for the N-process runs the number
+of collectives per update and the time spent in them (rank 0's, waiting for the other ranks included). From
+these, what the same global batch can gain at best (:func:`same_batch_bounds`). ``--report-only`` rebuilds the
+report from ``results/scaling.json``.
 
 The report then extrapolates, from these measured figures, to 8–256 processes for the two designs of
 ``docs/guide/distributed.rst``: gathering the batch once per update (what ``TRPO(distributed=...)``

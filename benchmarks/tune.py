@@ -46,6 +46,7 @@ import argparse
 import functools
 import inspect
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -133,11 +134,13 @@ def objective(args: argparse.Namespace) -> Any:
 
 def trial_score(result: dict[str, Any], kind: str, steps: int) -> float:
     """A complete trial's score: its final return (``final``), or the mean of its evaluations from half of
-    ``steps`` on with the final one (``late``)."""
+    ``steps`` on (``late``), the final one included (the recorder's curve ends with it)."""
     if kind == "final":
         return float(result["final_mean"])
-    late = [value for step, value in zip(result["eval_timesteps"], result["eval_mean"], strict=True) if step >= steps / 2]
-    return float(np.mean([*late, result["final_mean"]]))
+    points = list(zip(result["eval_timesteps"], result["eval_mean"], strict=True))
+    if points[-1][1] != result["final_mean"]:
+        raise ValueError("the curve does not end with the final evaluation")
+    return float(np.mean([value for step, value in points if step >= steps / 2]))
 
 
 def prune_from(args: argparse.Namespace) -> int:
@@ -264,7 +267,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("trials", "steps", "evaluations", "eval_episodes"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')}: a positive integer")
-    if args.label and not args.label.replace("-", "").replace("_", "").isalnum():
+    if args.label and not re.fullmatch(r"[A-Za-z0-9_-]+", args.label):
         parser.error("--label: letters, digits, '-' and '_'")
     return args
 

@@ -1,4 +1,5 @@
-"""The benchmarks' report arithmetic (``benchmarks/learning.py``, ``tune.py``, ``scaling.py``), on hand-made runs with exact answers."""
+"""The benchmarks' report arithmetic (``benchmarks/learning.py``, ``tune.py``, ``scaling.py``), on hand-made runs
+with exact answers."""
 
 from __future__ import annotations
 
@@ -263,8 +264,19 @@ def test_the_same_batch_bounds_pair_the_runs_and_take_medians() -> None:
     assert bounds["if_rollout_split"] == pytest.approx(0.8 / 0.5)
     assert bounds["update_whole"] == pytest.approx(0.8 / 0.5)  # this rollout did split: both agree
     assert bounds["update_divided"] == pytest.approx(0.8 / 0.4)
-    # the rank that did not shrink: the update divided by 2 gives at best 0.8 / 0.7
-    assert same_batch_bounds([one], [slow_rank], processes=2)["update_divided"] == pytest.approx(0.8 / 0.7)
+    # the rank that did not shrink: no gain with the update whole, 0.8 / 0.7 with it divided by 2
+    slow = same_batch_bounds([one], [slow_rank], processes=2)
+    assert slow["if_rollout_split"] == pytest.approx(1.6)
+    assert slow["update_whole"] == pytest.approx(1.0)
+    assert slow["update_divided"] == pytest.approx(0.8 / 0.7)
+    # pair by pair, then medians: a slower single run (R₁ = 1.2 s) goes with its own rank's run. The pairs'
+    # shares are 0.5, 0.5 and 1.0 (median 0.5) where the medians' ratio would be 600 ms / 600 ms = 1.0.
+    slower = {"learn_s": 42.0, "train_s": 6.0, "updates": 30, "steps": 1}
+    paired = same_batch_bounds([one, slower, one], [rank, slow_rank, slow_rank], processes=2)
+    assert paired["rollout_share"] == pytest.approx(0.5)
+    assert paired["update_whole"] == pytest.approx(1.6)  # of 1.6, 1.4/0.8 = 1.75 and 1.0
+    assert paired["rollout_ms"] == pytest.approx(600.0)
+    assert paired["rank_rollout_ms"] == pytest.approx(600.0)
 
 
 def test_the_bounds_table_leaves_out_runs_that_did_not_time_their_update() -> None:
@@ -281,29 +293,47 @@ def test_the_bounds_table_leaves_out_runs_that_did_not_time_their_update() -> No
 def test_a_trial_scores_its_final_return_or_the_mean_of_its_second_half() -> None:
     import tune
 
-    result = {"eval_timesteps": [0, 250, 500, 750], "eval_mean": [1000.0, 0.0, 10.0, 30.0], "final_mean": 50.0}
+    # as the recorder's result: the curve ends with the final evaluation, at the last rollout's end
+    result = {"eval_timesteps": [0, 250, 500, 750, 1024], "eval_mean": [1000.0, 0.0, 10.0, 30.0, 50.0], "final_mean": 50.0}
     assert tune.trial_score(result, "final", 1000) == 50.0
-    assert tune.trial_score(result, "late", 1000) == pytest.approx((10.0 + 30.0 + 50.0) / 3)  # 500 on, and the end
+    assert tune.trial_score(result, "late", 1000) == pytest.approx((10.0 + 30.0 + 50.0) / 3)  # 500 on, the end once
+    with pytest.raises(ValueError, match="does not end with the final evaluation"):
+        tune.trial_score({**result, "final_mean": 60.0}, "late", 1000)
     assert tune.prune_from(tune.parse_args(["--env", "Ant-v5", "--steps", "600", "--score", "late"])) == 300
     assert tune.prune_from(tune.parse_args(["--env", "Ant-v5", "--steps", "600"])) == 200
     with pytest.raises(SystemExit):
         tune.parse_args(["--env", "Ant-v5", "--score", "best"])
-    with pytest.raises(SystemExit):
-        tune.parse_args(["--env", "Ant-v5", "--label", "../elsewhere"])
+    for label in ("../elsewhere", "lat\u00e9", "x\u00b2"):
+        with pytest.raises(SystemExit):
+            tune.parse_args(["--env", "Ant-v5", "--label", label])
 
 
 def test_a_labelled_study_has_its_own_files_and_a_study_from_before_score_resumes_as_final(tmp_path: Path) -> None:
+    import shlex
+
     import optuna
     import tune
 
     base = ["--env", "Pendulum-v1", "--out", str(tmp_path)]
-    assert tune.paths(tune.parse_args([*base, "--label", "late600k"]))[0].name == "sb3_trpo_penalty_Pendulum-v1_late600k.log"
+    labelled = tune.parse_args([*base, "--label", "late600k", "--score", "late", "--steps", "600"])
+    assert tune.paths(labelled)[0].name == "sb3_trpo_penalty_Pendulum-v1_late600k.log"
+    # the report's command names the same study: its files and its options
+    again = tune.parse_args([*shlex.split(tune.command(labelled))[2:], "--out", str(tmp_path)])
+    assert tune.paths(again) == tune.paths(labelled)
+    assert {name: getattr(again, name) for name in tune.STUDY_OPTIONS} == {
+        name: getattr(labelled, name) for name in tune.STUDY_OPTIONS
+    }
     # a journal written before --score existed: its options lack "score", and its trials were scored at the end
     journal = tune.paths(tune.parse_args(base))[0]
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     old = optuna.create_study(study_name="sb3_trpo_penalty_Pendulum-v1", storage=storage, direction="maximize")
     for name, value in {"seed": 100, "steps": 300_000, "evaluations": 6, "eval_episodes": 10}.items():
         old.set_user_attr(name, value)
-    assert tune.open_study(tune.parse_args(base), journal).user_attrs == old.user_attrs
+    assert tune.open_study(tune.parse_args(base), journal).user_attrs == {
+        "seed": 100,
+        "steps": 300_000,
+        "evaluations": 6,
+        "eval_episodes": 10,
+    }  # resumed as it was, nothing added to it
     with pytest.raises(ValueError, match="holds a study run with"):
         tune.open_study(tune.parse_args([*base, "--score", "late"]), journal)
