@@ -307,10 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         write_text(markdown, text)
         write_text(json_path, json.dumps(data, indent=1) + "\n")
         if args.commit:
-            commit_files(
-                [markdown, json_path, journal],
-                f"Tuning {args.algo} on {args.env}{f' ({args.label})' if args.label else ''}: {len(study.trials)} trial(s)",
-            )
+            study_name = f"{args.env} ({args.label})" if args.label else args.env
+            commit_files([markdown, json_path, journal], f"Tuning {args.algo} on {study_name}: {len(study.trials)} trial(s)")
 
     if args.report_only:
         write(study)
