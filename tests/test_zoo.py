@@ -1,6 +1,7 @@
 """rl_zoo3 with our algorithms: registration, hyperparameter files, samplers, and the real CLI end to end."""
 
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import sb3_trpo
 from sb3_trpo import TRPO, TRPOPenalty
 from sb3_trpo.zoo import HYPERPARAMS_DIR, REGISTERED, ZOO_ALGORITHMS
 from sb3_trpo.zoo.__main__ import main, with_default_hyperparams
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 ENV_ID = "CartPole-v1"
 # Keys of a hyperparameter entry that rl_zoo3 consumes itself; all the others go to the constructor.
@@ -68,7 +71,20 @@ def test_hyperparams_file_fits_the_constructor(name):
 def test_shipped_hyperparams():
     trpo = yaml.safe_load((HYPERPARAMS_DIR / "trpo.yml").read_text(encoding="utf-8"))
     penalty = yaml.safe_load((HYPERPARAMS_DIR / "trpo_penalty.yml").read_text(encoding="utf-8"))
-    assert penalty == trpo  # TRPOPenalty takes every TRPO parameter
+    # TRPOPenalty takes every TRPO parameter; where benchmarks/tune.py's rule adopted a study's best trial, the
+    # entry differs by the searched settings only, exactly as that trial ran them
+    searched = {"Ant-v5": "sb3_trpo_penalty_Ant-v5_late600k.json"}
+    assert {env_id: entry for env_id, entry in penalty.items() if env_id not in searched} == {
+        env_id: entry for env_id, entry in trpo.items() if env_id not in searched
+    }
+    for env_id, report in searched.items():
+        study = json.loads((REPO_ROOT / "benchmarks" / "results" / "tune" / report).read_text(encoding="utf-8"))
+        complete = [trial for trial in study["trials"] if trial["state"] == "complete"]
+        best = max(complete, key=lambda trial: trial["value"])
+        baseline = next(trial for trial in complete if trial.get("baseline"))
+        assert len(study["trials"]) >= 12  # the rule: the best of a finished study (12 trials), above the baseline
+        assert best["value"] > baseline["value"]
+        assert penalty[env_id] == {**trpo[env_id], **best["params"]}
     assert trpo["CartPole-v1"]["n_steps"] == 512  # rl-zoo's tuned setting
     for task in ("HalfCheetah", "Hopper", "Walker2d", "Ant", "Humanoid", "Swimmer"):
         assert trpo[f"{task}-v5"] == trpo[f"{task}-v4"]
