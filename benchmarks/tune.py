@@ -107,6 +107,7 @@ class PruningRecorder(Recorder):
 
 def objective(args: argparse.Namespace) -> Any:
     def run_trial(trial: optuna.Trial) -> float:
+        trial.set_user_attr("source", source_fingerprint())  # of the code that runs the trial, pruned or not
         model = make_model(args.algo, args.env, args.seed, **penalty_space(trial))
         final = {"episodes": args.eval_episodes, "steps": None}
         recorder = evaluating_recorder(
@@ -126,7 +127,6 @@ def objective(args: argparse.Namespace) -> Any:
         result = recorder.result()
         trial.set_user_attr("curve", [result["eval_timesteps"], result["eval_mean"]])
         trial.set_user_attr("learn_cpu_s", result["learn_cpu_s"])
-        trial.set_user_attr("source", source_fingerprint())  # of the code that ran the trial
         return trial_score(result, args.score, args.steps)
 
     return run_trial
