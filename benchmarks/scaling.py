@@ -46,6 +46,7 @@ from common import (
 
 TABLE_MARKER = "scaling-table"
 DEFAULT_STEPS = 20_480
+TARGET_SPEEDUP = 1.6  # the issue's target for 2 processes with the same global batch
 
 
 def worker(env_id: str, steps: int, n_envs: int, out: Path, distributed: str = "auto") -> None:
@@ -164,7 +165,13 @@ def predicted_speedups(single: dict[str, float], parallel: dict[str, float], pro
     return {"processes": counts, "gather": gather, "all_reduce": reduce}
 
 
-def same_batch_bounds(single: list[dict[str, Any]], parallel: list[dict[str, Any]], processes: int) -> dict[str, float]:
+def same_batch_bounds(
+    single: list[dict[str, Any]],
+    parallel: list[dict[str, Any]],
+    processes: int,
+    n_envs: int,
+    target: float = TARGET_SPEEDUP,
+) -> dict[str, float]:
     """What the same global batch can gain at best, from runs that timed their update (``train_s``).
 
     Per update, one process spends ``R₁`` collecting and ``U`` updating; a rank of the ``N``-process run with
@@ -177,10 +184,24 @@ def same_batch_bounds(single: list[dict[str, Any]], parallel: list[dict[str, Any
     - ``update_whole``: ``(R₁ + U) / (R_N + U)``, with the rollout measured, the update whole (the gather
       design) and communication free;
     - ``update_divided``: ``(R₁ + U) / (R_N + U/N)``, the same with the update divided by ``N`` (any all-reducing
-      design, its collectives free): no design of the update does better with this rollout.
+      design, its collectives free): no design of the update does better with this rollout;
+    - ``share_for_target``: ``((R₁ + U) / target − U/N) / R₁``, the largest ``rollout_share`` with which even
+      ``update_divided`` reaches ``target``: what a rank's rollout would have to shrink to.
+
+    And why the rollout does not split: a step of the loop (``n_steps`` of them per rollout, ``n_envs`` environments
+    for one process) costs ``O + n·E``, a fixed part ``O`` (policy evaluation, the vectorised environment's
+    machinery, the buffer) and ``E`` per environment. From ``R₁`` and ``R_N``, in µs:
+
+    - ``env_us``: ``E = (R₁ − R_N) / (n_steps · (n_envs − n_envs/N))``;
+    - ``step_us``: ``O = R_N / n_steps − E · n_envs/N``;
+    - ``step_for_target_us``: the ``O`` with which ``update_divided`` would reach ``target``, the loop that cheaper
+      for one process and for the ranks alike: ``(1 − target/N)(n_steps · n_envs · E + U) / (n_steps (target − 1))``
+      (below 0: not even a free loop would reach it).
     """
     figures: dict[str, list[float]] = {key: [] for key in ("rollout_ms", "update_ms", "rank_rollout_ms")}
-    figures |= {key: [] for key in ("rollout_share", "if_rollout_split", "update_whole", "update_divided")}
+    figures |= {key: [] for key in ("rollout_share", "if_rollout_split", "update_whole", "update_divided", "share_for_target")}
+    figures |= {key: [] for key in ("step_us", "env_us", "step_for_target_us")}
+    rank_envs = n_envs / processes
     for one, many in zip(single, parallel, strict=True):
         update = one["train_s"] / one["updates"]
         rollout = one["learn_s"] / one["updates"] - update
@@ -192,6 +213,15 @@ def same_batch_bounds(single: list[dict[str, Any]], parallel: list[dict[str, Any
         figures["if_rollout_split"].append((rollout + update) / (rollout / processes + update))
         figures["update_whole"].append((rollout + update) / (rank_rollout + update))
         figures["update_divided"].append((rollout + update) / (rank_rollout + update / processes))
+        share_for_target = ((rollout + update) / target - update / processes) / rollout
+        figures["share_for_target"].append(share_for_target)
+        n_steps = one["steps"] / (one["updates"] * n_envs)  # steps of the loop per rollout
+        env = (rollout - rank_rollout) / (n_steps * (n_envs - rank_envs))
+        figures["env_us"].append(1e6 * env)
+        figures["step_us"].append(1e6 * (rank_rollout / n_steps - env * rank_envs))
+        figures["step_for_target_us"].append(
+            1e6 * (1 - target / processes) * (n_steps * n_envs * env + update) / (n_steps * (target - 1))
+        )
     return {key: float(np.median(values)) for key, values in figures.items()}
 
 
@@ -202,10 +232,12 @@ def bounds_report(results: dict[str, Any], processes: int) -> str:
         single, parallel = result["runs"]["1"], result["runs"][str(processes)]
         if not all("train_s" in run for run in single + parallel):
             continue
-        b = same_batch_bounds(single, parallel, processes)
+        b = same_batch_bounds(single, parallel, processes, result["n_envs"])
         rows.append(
             f"| {env_id} | {b['rollout_ms']:.0f} / {b['update_ms']:.0f} | {b['rank_rollout_ms']:.0f} "
-            f"| {b['rollout_share']:.2f} | {b['if_rollout_split']:.2f} | {b['update_whole']:.2f} | {b['update_divided']:.2f} |"
+            f"| {b['rollout_share']:.2f} | {b['share_for_target']:.2f} | {b['if_rollout_split']:.2f} "
+            f"| {b['update_whole']:.2f} | {b['update_divided']:.2f} "
+            f"| {round(b['step_us'])} / {round(b['env_us'])} | {round(b['step_for_target_us'])} |"
         )
     if not rows:
         return ""
@@ -213,9 +245,13 @@ def bounds_report(results: dict[str, Any], processes: int) -> str:
         f"The same global batch at {processes} processes, at best (communication free; per update, medians of the pairs "
         f"above; `same_batch_bounds` in `benchmarks/scaling.py`):\n\n"
         f"| Task | one process: rollout / update (ms) | a rank's rollout, n_envs / {processes} (ms) "
-        f"| rank's rollout / one process's (1/{processes} if it split) | speed-up if the rollout split, update whole "
-        f"| speed-up with the rollout measured, update whole | the same, update divided by {processes} |\n"
-        "|---|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows)
+        f"| rank's rollout / one process's (1/{processes} if it split) "
+        f"| the same ratio {TARGET_SPEEDUP}× would need, update divided by {processes} "
+        "| speed-up if the rollout split, update whole "
+        f"| speed-up with the rollout measured, update whole | the same, update divided by {processes} "
+        "| a step of the loop: fixed cost / per environment (µs) "
+        f"| the fixed cost {TARGET_SPEEDUP}× would need (µs) |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows)
     )
 
 

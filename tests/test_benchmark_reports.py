@@ -256,7 +256,7 @@ def test_the_same_batch_bounds_pair_the_runs_and_take_medians() -> None:
     rank = {"learn_s": 18.0, "train_s": 6.0, "collective_s": 3.0, "updates": 30, "steps": 1}
     # a second pair whose rank's rollout did not shrink at all: R_N = R₁ = 0.6 s
     slow_rank = {"learn_s": 27.0, "train_s": 6.0, "collective_s": 3.0, "updates": 30, "steps": 1}
-    bounds = same_batch_bounds([one, one, one], [rank, rank, slow_rank], processes=2)
+    bounds = same_batch_bounds([one, one, one], [rank, rank, slow_rank], processes=2, n_envs=2)
     assert bounds["rollout_ms"] == pytest.approx(600.0)
     assert bounds["update_ms"] == pytest.approx(200.0)
     assert bounds["rank_rollout_ms"] == pytest.approx(300.0)
@@ -264,28 +264,51 @@ def test_the_same_batch_bounds_pair_the_runs_and_take_medians() -> None:
     assert bounds["if_rollout_split"] == pytest.approx(0.8 / 0.5)
     assert bounds["update_whole"] == pytest.approx(0.8 / 0.5)  # this rollout did split: both agree
     assert bounds["update_divided"] == pytest.approx(0.8 / 0.4)
+    # 1.6× with the update divided: R_N + 0.1 = 0.8 / 1.6, so R_N = 0.4 s, two thirds of R₁
+    assert bounds["share_for_target"] == pytest.approx(2 / 3)
+    assert same_batch_bounds([one], [rank], processes=2, n_envs=2, target=2.0)["share_for_target"] == pytest.approx(0.5)
     # the rank that did not shrink: no gain with the update whole, 0.8 / 0.7 with it divided by 2
-    slow = same_batch_bounds([one], [slow_rank], processes=2)
+    slow = same_batch_bounds([one], [slow_rank], processes=2, n_envs=2)
     assert slow["if_rollout_split"] == pytest.approx(1.6)
     assert slow["update_whole"] == pytest.approx(1.0)
     assert slow["update_divided"] == pytest.approx(0.8 / 0.7)
     # pair by pair, then medians: a slower single run (R₁ = 1.2 s) goes with its own rank's run. The pairs'
     # shares are 0.5, 0.5 and 1.0 (median 0.5) where the medians' ratio would be 600 ms / 600 ms = 1.0.
     slower = {"learn_s": 42.0, "train_s": 6.0, "updates": 30, "steps": 1}
-    paired = same_batch_bounds([one, slower, one], [rank, slow_rank, slow_rank], processes=2)
+    paired = same_batch_bounds([one, slower, one], [rank, slow_rank, slow_rank], processes=2, n_envs=2)
     assert paired["rollout_share"] == pytest.approx(0.5)
     assert paired["update_whole"] == pytest.approx(1.6)  # of 1.6, 1.4/0.8 = 1.75 and 1.0
     assert paired["rollout_ms"] == pytest.approx(600.0)
     assert paired["rank_rollout_ms"] == pytest.approx(600.0)
 
 
+def test_the_same_batch_bounds_split_a_step_of_the_loop_into_a_fixed_cost_and_one_per_environment() -> None:
+    # 10 updates of 1,000 steps each of the loop with 4 environments (40,000 steps). A step costs O = 30 µs plus
+    # E = 10 µs per environment: one process's rollout 1000 · (30 + 40) µs = 70 ms, a rank's (2 environments)
+    # 1000 · (30 + 20) µs = 50 ms. With U = 10 ms, 1.6× with the update divided needs R_N + 5 ms = 80 ms / 1.6,
+    # R_N = 45 ms: a share of 45/70 = 9/14. With a fixed cost O' for one process and ranks alike,
+    # (1000 (O' + 40 µs) + 10 ms) / (1000 (O' + 20 µs) + 5 ms) = 1.6 gives O' = 10 ms / 600 = 16.7 µs.
+    one = {"learn_s": 0.8, "train_s": 0.1, "updates": 10, "steps": 40_000}
+    rank = {"learn_s": 0.65, "train_s": 0.1, "collective_s": 0.05, "updates": 10, "steps": 40_000}
+    bounds = same_batch_bounds([one], [rank], processes=2, n_envs=4)
+    assert bounds["env_us"] == pytest.approx(10.0)
+    assert bounds["step_us"] == pytest.approx(30.0)
+    assert bounds["share_for_target"] == pytest.approx(9 / 14)
+    assert bounds["step_for_target_us"] == pytest.approx(100 / 6)
+
+
 def test_the_bounds_table_leaves_out_runs_that_did_not_time_their_update() -> None:
-    one = {"learn_s": 24.0, "train_s": 6.0, "updates": 30, "steps": 1}
-    rank = {"learn_s": 18.0, "train_s": 6.0, "collective_s": 3.0, "updates": 30, "steps": 1}
+    # 1,000 steps of the loop per update: 600 µs a step with 2 environments, 300 µs with 1, so E = 300 µs, O = 0;
+    # 1.6× with the update divided: (1000 (O' + 600 µs) + 200 ms) / (1000 (O' + 300 µs) + 100 ms) = 1.6, O' = 267 µs
+    one = {"learn_s": 24.0, "train_s": 6.0, "updates": 30, "steps": 60_000}
+    rank = {"learn_s": 18.0, "train_s": 6.0, "collective_s": 3.0, "updates": 30, "steps": 60_000}
     untimed = {key: value for key, value in one.items() if key != "train_s"}
-    results = {"Timed-v0": {"runs": {"1": [one], "2": [rank]}}, "Old-v0": {"runs": {"1": [untimed], "2": [rank]}}}
+    results = {
+        "Timed-v0": {"n_envs": 2, "runs": {"1": [one], "2": [rank]}},
+        "Old-v0": {"n_envs": 2, "runs": {"1": [untimed], "2": [rank]}},
+    }
     rows = bounds_report(results, processes=2).splitlines()
-    assert rows[-1] == "| Timed-v0 | 600 / 200 | 300 | 0.50 | 1.60 | 1.60 | 2.00 |"
+    assert rows[-1] == "| Timed-v0 | 600 / 200 | 300 | 0.50 | 0.67 | 1.60 | 1.60 | 2.00 | 0 / 300 | 267 |"
     assert not any("Old-v0" in row for row in rows)
     assert bounds_report({"Old-v0": results["Old-v0"]}, processes=2) == ""
 
