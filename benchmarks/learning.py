@@ -122,7 +122,18 @@ CAMPAIGNS: dict[str, Campaign] = {
             "which the interval column weighs. Where every algorithm ends far from the published figure, the task "
             "version is the first suspect: rl-zoo measured -v3 tasks; the `ant_v4` campaign runs Ant-v4, which "
             "observes what Ant-v3 did under MuJoCo >= 2.0, and Ant-v5 with its contact forces left out of the "
-            "observation (its reward unchanged), beside these Ant-v5 runs."
+            "observation (its reward unchanged), beside these Ant-v5 runs.",
+            'Where ours ends below the published figure ("Against the published figure"), two causes are told apart '
+            "by the curve. On Hopper-v5 the policies come close to the published level along the curve and lose part of it "
+            "before the end, and sb3-contrib's, with the same settings, do the same; as the two take the same updates "
+            "on the same rollouts, the gap belongs to these settings on this task version, not to our "
+            "implementation. The suspect we would test next (on seeds other than the evaluation seeds, with a "
+            "protocol fixed before the runs) is the trust region rl-zoo's settings carry: `target_kl` bounds the KL "
+            "averaged over the action's dimensions (`kl_action_reduction: mean`), which lets the joint KL reach the "
+            "number of dimensions times `target_kl` (three on Hopper). On Ant-v5 every algorithm stays near its "
+            "untrained return, and the `ant_v4` campaign points to the task version: the same settings learn on "
+            "Ant-v4 and on Ant-v5 without its contact forces in the observation. The published figure is one agent's "
+            "final evaluation, not a mean over seeds.",
         ],
     ),
     "ant_v4": Campaign(
@@ -625,6 +636,62 @@ def curve_table(groups: Groups) -> str:
     )
 
 
+# Student's t, 97.5th percentile, by degrees of freedom (seeds − 1); beyond the table, that of 10 (wider than the truth).
+T_975 = {2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and its 95% Student-t interval (``values`` from at least 3 seeds)."""
+    if len(values) < 3:
+        raise ValueError(f"a mean's interval takes at least 3 values, got {len(values)}")
+    array = np.asarray(values, dtype=float)
+    half = T_975[min(array.size - 1, 10)] * array.std(ddof=1) / np.sqrt(array.size)
+    return float(array.mean()), float(array.mean() - half), float(array.mean() + half)
+
+
+def published_table(groups: Groups) -> str:
+    """Per task and algorithm at the published budget: the mean final return against the published figure, and why."""
+    lines = [
+        "| Environment | Algorithm | Final return: mean [95% interval] (seeds) | Published | Against it "
+        "| Best along the curve / published, median | Final / best along the curve, median |",
+        "|---|---|---:|---:|---|---:|---:|",
+    ]
+    for env_id, rows in groups.items():
+        paper = published(env_id)
+        if paper is None:
+            continue
+        for (algo, steps), row in rows.items():
+            if steps != PUBLISHED_STEPS:
+                continue
+            finals = [run["final_mean"] for run in row]
+            if len(finals) >= 3:
+                mean, low, high = mean_interval(finals)
+                cell = f"{format_number(mean)} [{format_number(low)}, {format_number(high)}] ({len(finals)})"
+                verdict = "below" if high < paper[1] else "above" if low > paper[1] else "within"
+            else:
+                cell, verdict = f"{format_number(float(np.mean(finals)))} ({len(finals)})", "n/a"
+            curved = [(run["final_mean"], best_evaluation(run)[0]) for run in row if run["eval_mean"]]
+            bests = [best for _, best in curved]
+            kept = [final / best for final, best in curved if best > 0]
+            lines.append(
+                f"| {env_id} | {algo} | {cell} | {format_number(paper[1])} | {verdict} "
+                f"| {format_number(float(np.median(bests)) / paper[1], 2) if bests else 'n/a'} "
+                f"| {format_number(float(np.median(kept)), 2) if kept else 'n/a'} |"
+            )
+    return _table(
+        lines,
+        (
+            "\n\nAgainst it: below (or above) where the 95% Student-t interval of the mean over seeds lies wholly "
+            "below (above) the published figure, within where it contains it; n/a with fewer than 3 seeds. The "
+            "published figure is one agent's, so a mean below it may still hold seeds as good as that agent. The last "
+            "two columns tell the ways of falling short apart: a policy that reached the published level along the "
+            "curve and then lost it (the first near 1, the second well below), and one that never got there (the "
+            "first well below 1, the second near 1). Both read the curve's evaluations (a few episodes each, so the "
+            "best is biased upwards).\n"
+        ),
+    )
+
+
 def penalty_table(groups: Groups) -> str:
     """TRPOPenalty against our TRPO, task by task, at the same budget: ``tune.py``'s test of "clearly behind"."""
     lines = [
@@ -857,6 +924,7 @@ def write_reports(name: str, campaign: Campaign, runs: list[Run], out: Path, rea
     sections = [
         ("Time to target", times),
         ("Along the curve", curve_table(groups)),
+        ("Against the published figure", published_table(groups)),
         ("TRPOPenalty against TRPO", penalty_table(groups)),
         ("KL of the updates", kl_table(groups)),
         ("Cost", cost_table(groups)),

@@ -6,11 +6,21 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from learning import best_evaluation, compare_to_reference, curve_table, kl_table, penalty_table, time_to_target
+from learning import (
+    best_evaluation,
+    compare_to_reference,
+    curve_table,
+    kl_table,
+    mean_interval,
+    penalty_table,
+    published_table,
+    time_to_target,
+)
 from scaling import bounds_report, same_batch_bounds
 
 
@@ -42,6 +52,43 @@ def test_curve_table_gives_untrained_return_best_point_and_final_over_best() -> 
     # the best is at step 0 and negative: no ratio
     assert rows[3] == "| Task-v0 | never_learns | 3,000 | -4.0 | -4.0 (0k) | n/a |"
     assert curve_table({"Task-v0": {("ours", 3000): [run(0, [], final=1.0, steps=[])]}}) == ""
+
+
+def test_mean_interval_is_students_t_over_the_seeds() -> None:
+    # mean 2, sample standard deviation √(2/3), 4 seeds: 2 ± 3.182 · √(2/3) / 2
+    half = 3.182 * np.sqrt(2 / 3) / 2
+    assert mean_interval([1.0, 2.0, 2.0, 3.0]) == pytest.approx((2.0, 2 - half, 2 + half))
+    # 3 seeds: t with 2 degrees of freedom; 20 seeds: the table's last row, wider than the truth
+    assert mean_interval([1.0, 2.0, 3.0]) == pytest.approx((2.0, 2 - 4.303 / np.sqrt(3), 2 + 4.303 / np.sqrt(3)))
+    assert mean_interval([0.0, 2.0] * 10)[2] == pytest.approx(1.0 + 2.228 * np.std([0.0, 2.0] * 10, ddof=1) / np.sqrt(20))
+    with pytest.raises(ValueError, match="at least 3 values, got 2"):
+        mean_interval([1.0, 2.0])
+
+
+def test_published_table_says_below_within_or_above_and_tells_lost_from_never_reached() -> None:
+    # Hopper's published figure is 3618.4. Lost: each seed reached it along the curve, then fell to half.
+    lost = [run(seed, [0.0, 3618.386, 1800.0], final=1800.0 + seed) for seed in range(3)]
+    # Never reached: a tenth of it, and kept; and a run that did not reach the published budget (no row).
+    never = [run(seed, [0.0, 361.8386], final=361.8386) for seed in range(3)]
+    within = [run(seed, [0.0, 3700.0], final=value) for seed, value in enumerate((2000.0, 3600.0, 5000.0))]
+    groups = {
+        "Hopper-v5": {
+            ("lost", 1_000_000): lost,
+            ("never", 1_000_000): never,
+            ("within", 1_000_000): within,
+            ("few", 1_000_000): lost[:2],
+            ("short", 300_000): lost,
+        },
+        "CartPole-v1": {("lost", 1_000_000): lost},  # no published figure: no row
+    }
+    rows = published_table(groups).splitlines()[2 : 5 + 1]
+    assert rows[0] == "| Hopper-v5 | lost | 1801.0 [1798.5, 1803.5] (3) | 3618.4 | below | 1.00 | 0.50 |"
+    assert rows[1] == "| Hopper-v5 | never | 361.8 [361.8, 361.8] (3) | 3618.4 | below | 0.10 | 1.00 |"
+    # 3533.3 ± 4.303 · 1501.1 / √3; finals over bests 0.54, 0.97, 1.35
+    assert rows[2] == "| Hopper-v5 | within | 3533.3 [-195.9, 7262.6] (3) | 3618.4 | within | 1.02 | 0.97 |"
+    assert rows[3] == "| Hopper-v5 | few | 1800.5 (2) | 3618.4 | n/a | 1.00 | 0.50 |"
+    assert len([row for row in published_table(groups).splitlines() if row.startswith("| ")]) == 1 + 4  # the header, 4 rows
+    assert published_table({"CartPole-v1": {("lost", 1_000_000): lost}}) == ""
 
 
 def test_kl_table_gives_the_first_update_and_the_settled_kl_against_target_kl() -> None:
