@@ -195,12 +195,15 @@ def same_batch_bounds(
     - ``env_us``: ``E = (R₁ − R_N) / (n_steps · (n_envs − n_envs/N))``;
     - ``step_us``: ``O = R_N / n_steps − E · n_envs/N``;
     - ``step_for_target_us``: the ``O`` with which ``update_divided`` would reach ``target``, the loop that cheaper
-      for one process and for the ranks alike: ``(1 − target/N)(n_steps · n_envs · E + U) / (n_steps (target − 1))``
-      (below 0: not even a free loop would reach it).
+      for one process and for the ranks alike: ``(1 − target/N)(n_steps · n_envs · E + U) / (n_steps (target − 1))``;
+    - ``step_for_target_whole_us``: the same for ``update_whole``,
+      ``((1 − target/N) n_steps · n_envs · E − (target − 1) U) / (n_steps (target − 1))``.
+
+    Below 0, not even a loop that cost nothing would reach ``target``.
     """
     figures: dict[str, list[float]] = {key: [] for key in ("rollout_ms", "update_ms", "rank_rollout_ms")}
     figures |= {key: [] for key in ("rollout_share", "if_rollout_split", "update_whole", "update_divided", "share_for_target")}
-    figures |= {key: [] for key in ("step_us", "env_us", "step_for_target_us")}
+    figures |= {key: [] for key in ("step_us", "env_us", "step_for_target_us", "step_for_target_whole_us")}
     rank_envs = n_envs / processes
     for one, many in zip(single, parallel, strict=True):
         update = one["train_s"] / one["updates"]
@@ -219,10 +222,16 @@ def same_batch_bounds(
         env = (rollout - rank_rollout) / (n_steps * (n_envs - rank_envs))
         figures["env_us"].append(1e6 * env)
         figures["step_us"].append(1e6 * (rank_rollout / n_steps - env * rank_envs))
+        environments = (1 - target / processes) * n_steps * n_envs * env  # what splitting the environments gains
         figures["step_for_target_us"].append(
-            1e6 * (1 - target / processes) * (n_steps * n_envs * env + update) / (n_steps * (target - 1))
+            1e6 * (environments + (1 - target / processes) * update) / (n_steps * (target - 1))
         )
+        figures["step_for_target_whole_us"].append(1e6 * (environments - (target - 1) * update) / (n_steps * (target - 1)))
     return {key: float(np.median(values)) for key, values in figures.items()}
+
+
+def _fixed_cost(microseconds: float) -> str:
+    return "none" if microseconds < 0 else str(round(microseconds))
 
 
 def bounds_report(results: dict[str, Any], processes: int) -> str:
@@ -237,7 +246,8 @@ def bounds_report(results: dict[str, Any], processes: int) -> str:
             f"| {env_id} | {b['rollout_ms']:.0f} / {b['update_ms']:.0f} | {b['rank_rollout_ms']:.0f} "
             f"| {b['rollout_share']:.2f} | {b['share_for_target']:.2f} | {b['if_rollout_split']:.2f} "
             f"| {b['update_whole']:.2f} | {b['update_divided']:.2f} "
-            f"| {round(b['step_us'])} / {round(b['env_us'])} | {round(b['step_for_target_us'])} |"
+            f"| {round(b['step_us'])} / {round(b['env_us'])} "
+            f"| {_fixed_cost(b['step_for_target_whole_us'])} / {_fixed_cost(b['step_for_target_us'])} |"
         )
     if not rows:
         return ""
@@ -250,7 +260,7 @@ def bounds_report(results: dict[str, Any], processes: int) -> str:
         "| speed-up if the rollout split, update whole "
         f"| speed-up with the rollout measured, update whole | the same, update divided by {processes} "
         "| a step of the loop: fixed cost / per environment (µs) "
-        f"| the fixed cost {TARGET_SPEEDUP}× would need (µs) |\n"
+        f"| the fixed cost {TARGET_SPEEDUP}× would need, update whole / divided by {processes} (µs; none: not even 0) |\n"
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows)
     )
 

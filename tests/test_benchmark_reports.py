@@ -342,20 +342,24 @@ def test_the_same_batch_bounds_split_a_step_of_the_loop_into_a_fixed_cost_and_on
     assert bounds["step_us"] == pytest.approx(30.0)
     assert bounds["share_for_target"] == pytest.approx(9 / 14)
     assert bounds["step_for_target_us"] == pytest.approx(100 / 6)
+    # With the update whole: O' + 40 µs + 10 µs = 1.6 (O' + 20 µs + 10 µs) gives O' = 2 µs / 0.6
+    assert bounds["step_for_target_whole_us"] == pytest.approx(10 / 3)
 
 
 def test_the_bounds_table_leaves_out_runs_that_did_not_time_their_update() -> None:
-    # 1,000 steps of the loop per update: 600 µs a step with 2 environments, 300 µs with 1, so E = 300 µs, O = 0;
-    # 1.6× with the update divided: (1000 (O' + 600 µs) + 200 ms) / (1000 (O' + 300 µs) + 100 ms) = 1.6, O' = 267 µs
+    # R₁ = 600 ms, U = 200 ms, R_N = 350 ms; 1,000 steps of the loop per update: 600 µs a step with 2 environments,
+    # 350 µs with 1, so E = 250 µs, O = 100 µs. Speed-ups 0.8/0.55 (whole) and 0.8/0.45 (divided). 1.6× with the update
+    # divided: O' + 500 µs + 200 µs = 1.6 (O' + 250 µs + 100 µs), O' = 233 µs; with it whole,
+    # O' + 700 µs = 1.6 (O' + 450 µs) needs O' = -33 µs: none.
     one = {"learn_s": 24.0, "train_s": 6.0, "updates": 30, "steps": 60_000}
-    rank = {"learn_s": 18.0, "train_s": 6.0, "collective_s": 3.0, "updates": 30, "steps": 60_000}
+    rank = {"learn_s": 19.5, "train_s": 6.0, "collective_s": 3.0, "updates": 30, "steps": 60_000}
     untimed = {key: value for key, value in one.items() if key != "train_s"}
     results = {
         "Timed-v0": {"n_envs": 2, "runs": {"1": [one], "2": [rank]}},
         "Old-v0": {"n_envs": 2, "runs": {"1": [untimed], "2": [rank]}},
     }
     rows = bounds_report(results, processes=2).splitlines()
-    assert rows[-1] == "| Timed-v0 | 600 / 200 | 300 | 0.50 | 0.67 | 1.60 | 1.60 | 2.00 | 0 / 300 | 267 |"
+    assert rows[-1] == "| Timed-v0 | 600 / 200 | 350 | 0.58 | 0.67 | 1.60 | 1.45 | 1.78 | 100 / 250 | none / 233 |"
     assert not any("Old-v0" in row for row in rows)
     assert bounds_report({"Old-v0": results["Old-v0"]}, processes=2) == ""
 
