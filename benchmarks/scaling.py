@@ -190,12 +190,13 @@ def same_batch_bounds(
 
     And why the rollout does not split: a step of the loop (``n_steps`` of them per rollout, ``n_envs`` environments
     for one process) costs ``O + n·E``, a fixed part ``O`` (policy evaluation, the vectorised environment's
-    machinery, the buffer) and ``E`` per environment. From ``R₁`` and ``R_N``, in µs:
+    machinery, the buffer, and any slowdown from two processes sharing the machine) and ``E`` per environment. From
+    ``R₁`` and ``R_N``, two points of that line, in µs:
 
     - ``env_us``: ``E = (R₁ − R_N) / (n_steps · (n_envs − n_envs/N))``;
     - ``step_us``: ``O = R_N / n_steps − E · n_envs/N``;
-    - ``step_for_target_us``: the ``O`` with which ``update_divided`` would reach ``target``, the loop that cheaper
-      for one process and for the ranks alike: ``(1 − target/N)(n_steps · n_envs · E + U) / (n_steps (target − 1))``;
+    - ``step_for_target_us``: the ``O`` with which ``update_divided`` would reach ``target``, if one process and
+      every rank had that fixed cost: ``(1 − target/N)(n_steps · n_envs · E + U) / (n_steps (target − 1))``;
     - ``step_for_target_whole_us``: the same for ``update_whole``,
       ``((1 − target/N) n_steps · n_envs · E − (target − 1) U) / (n_steps (target − 1))``.
 
@@ -256,7 +257,7 @@ def bounds_report(results: dict[str, Any], processes: int) -> str:
         f"above; `same_batch_bounds` in `benchmarks/scaling.py`):\n\n"
         f"| Task | one process: rollout / update (ms) | a rank's rollout, n_envs / {processes} (ms) "
         f"| rank's rollout / one process's (1/{processes} if it split) "
-        f"| the same ratio {TARGET_SPEEDUP}× would need, update divided by {processes} "
+        f"| rank's rollout / one process's that {TARGET_SPEEDUP}× needs, update divided by {processes} "
         "| speed-up if the rollout split, update whole "
         f"| speed-up with the rollout measured, update whole | the same, update divided by {processes} "
         "| a step of the loop: fixed cost / per environment (µs) "

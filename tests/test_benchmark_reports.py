@@ -58,6 +58,9 @@ def test_mean_interval_is_students_t_over_the_seeds() -> None:
     # mean 2, sample standard deviation √(2/3), 4 seeds: 2 ± 3.182 · √(2/3) / 2
     half = 3.182 * np.sqrt(2 / 3) / 2
     assert mean_interval([1.0, 2.0, 2.0, 3.0]) == pytest.approx((2.0, 2 - half, 2 + half))
+    # one more seed: 2 ± 3.182 · √(2/3) · √(1 + 1/4)
+    half = 3.182 * np.sqrt(2 / 3) * np.sqrt(5 / 4)
+    assert mean_interval([1.0, 2.0, 2.0, 3.0], one_seed=True) == pytest.approx((2.0, 2 - half, 2 + half))
     # 3 seeds: t with 2 degrees of freedom; 20 seeds: the table's last row, wider than the truth
     assert mean_interval([1.0, 2.0, 3.0]) == pytest.approx((2.0, 2 - 4.303 / np.sqrt(3), 2 + 4.303 / np.sqrt(3)))
     assert mean_interval([0.0, 2.0] * 10)[2] == pytest.approx(1.0 + 2.228 * np.std([0.0, 2.0] * 10, ddof=1) / np.sqrt(20))
@@ -67,27 +70,43 @@ def test_mean_interval_is_students_t_over_the_seeds() -> None:
 
 def test_published_table_says_below_within_or_above_and_tells_lost_from_never_reached() -> None:
     # Hopper's published figure is 3618.4. Lost: each seed reached it along the curve, then fell to half.
+    # Finals 1800, 1801, 1802 (s = 1): the mean's interval 1801 ± 4.303/√3, one seed's 1801 ± 4.303·√(4/3).
     lost = [run(seed, [0.0, 3618.386, 1800.0], final=1800.0 + seed) for seed in range(3)]
     # Never reached: a tenth of it, and kept; and a run that did not reach the published budget (no row).
     never = [run(seed, [0.0, 361.8386], final=361.8386) for seed in range(3)]
+    # A mean near the figure and a wide spread: 3533.3 ± 4.303 · 1501.1 / √3, and ± 4.303 · 1501.1 · √(4/3)
     within = [run(seed, [0.0, 3700.0], final=value) for seed, value in enumerate((2000.0, 3600.0, 5000.0))]
+    above = [run(seed, [0.0, 9002.0], final=9000.0 + seed) for seed in range(3)]
+    # A seed whose best is not positive has no final/best: the median of 0.5 and 0.7, not of 0.5, 0.7 and 1
+    mixed = [run(0, [0.0, 1000.0], final=500.0), run(1, [0.0, 1000.0], final=700.0), run(2, [-10.0, -5.0], final=-5.0)]
     groups = {
         "Hopper-v5": {
             ("lost", 1_000_000): lost,
             ("never", 1_000_000): never,
             ("within", 1_000_000): within,
+            ("above", 1_000_000): above,
+            ("mixed", 1_000_000): mixed,
             ("few", 1_000_000): lost[:2],
             ("short", 300_000): lost,
         },
         "CartPole-v1": {("lost", 1_000_000): lost},  # no published figure: no row
     }
-    rows = published_table(groups).splitlines()[2 : 5 + 1]
-    assert rows[0] == "| Hopper-v5 | lost | 1801.0 [1798.5, 1803.5] (3) | 3618.4 | below | 1.00 | 0.50 |"
-    assert rows[1] == "| Hopper-v5 | never | 361.8 [361.8, 361.8] (3) | 3618.4 | below | 0.10 | 1.00 |"
-    # 3533.3 ± 4.303 · 1501.1 / √3; finals over bests 0.54, 0.97, 1.35
-    assert rows[2] == "| Hopper-v5 | within | 3533.3 [-195.9, 7262.6] (3) | 3618.4 | within | 1.02 | 0.97 |"
-    assert rows[3] == "| Hopper-v5 | few | 1800.5 (2) | 3618.4 | n/a | 1.00 | 0.50 |"
-    assert len([row for row in published_table(groups).splitlines() if row.startswith("| ")]) == 1 + 4  # the header, 4 rows
+    table = published_table(groups).splitlines()
+    rows = [row for row in table if row.startswith("| Hopper-v5")]
+    assert rows == [
+        "| Hopper-v5 | lost | 1801.0 [1798.5, 1803.5] (3) | [1796.0, 1806.0] | 3618.4 | mean below, one seed below "
+        "| 1.00 | 0.50 |",
+        "| Hopper-v5 | never | 361.8 [361.8, 361.8] (3) | [361.8, 361.8] | 3618.4 | mean below, one seed below "
+        "| 0.10 | 1.00 |",
+        "| Hopper-v5 | within | 3533.3 [-195.9, 7262.6] (3) | [-3925.2, 10991.9] | 3618.4 | mean within, one seed within "
+        "| 1.02 | 0.97 |",
+        "| Hopper-v5 | above | 9001.0 [8998.5, 9003.5] (3) | [8996.0, 9006.0] | 3618.4 | mean above, one seed above "
+        "| 2.49 | 1.00 |",
+        "| Hopper-v5 | mixed | 398.3 [-504.3, 1301.0] (3) | [-1406.9, 2203.6] | 3618.4 | mean below, one seed below "
+        "| 0.28 | 0.60 |",
+        "| Hopper-v5 | few | 1800.5 (2) | n/a | 3618.4 | n/a | 1.00 | 0.50 |",
+    ]
+    assert not any("CartPole" in row for row in table)
     assert published_table({"CartPole-v1": {("lost", 1_000_000): lost}}) == ""
 
 
