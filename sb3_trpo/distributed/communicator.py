@@ -28,19 +28,30 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
+EXIT_GRACE_S = 0.2  # how long the process waits at exit, the GIL released, for gloo's threads to let go of the works
+
+
 def destroy_at_exit() -> None:
     """Tear the process group down before the interpreter does (registered at exit by :class:`Communicator`
     for the group it started).
 
     Left to the interpreter's final teardown, a gloo group on torch 2.x sometimes aborts the process after a
     run that succeeded ("terminate called without an active exception", SIGABRT), and torchrun then reports
-    the run failed, or restarts it under ``--max-restarts``. After an uncaught exception (Python has set
+    the run failed, or restarts it under ``--max-restarts``. Two ways, both seen in core dumps of this
+    package's tests: the group destroyed during finalisation, and a gloo worker thread that marked the last
+    collective complete but had not yet dropped its reference to it. That thread releases the work's tensors
+    last, which takes the GIL, and a thread that takes the GIL once finalisation has begun is ended by the
+    interpreter, inside a C++ destructor: ``std::terminate``. So the group is destroyed here, while the
+    interpreter is whole, after ``EXIT_GRACE_S`` of sleep, during which the GIL is free and a worker thread
+    the scheduler had set aside (a loaded machine) finishes with its work. Gloo has no call that waits for
+    that (``_wait_for_pending_works`` is NCCL's only). After an uncaught exception (Python has set
     ``sys.last_value``) the group is left alone: the other ranks may still be in a collective, and tearing
     down an NCCL group under them can hang this process.
     """
     if getattr(sys, "last_value", None) is not None:
         return
     if dist.is_available() and dist.is_initialized():
+        time.sleep(EXIT_GRACE_S)
         dist.destroy_process_group()
 
 
