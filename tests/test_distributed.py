@@ -149,6 +149,7 @@ def test_the_process_group_the_communicator_starts_is_torn_down_at_exit(monkeypa
 
     import torch.distributed as dist
 
+    import sb3_trpo.distributed.communicator as communicator_module
     from sb3_trpo.distributed.communicator import Communicator, destroy_at_exit
 
     with socket.socket() as probe:
@@ -160,13 +161,19 @@ def test_the_process_group_the_communicator_starts_is_torn_down_at_exit(monkeypa
     monkeypatch.delattr(sys, "last_value", raising=False)
     registered: list[object] = []
     monkeypatch.setattr(atexit, "register", registered.append)
+    # First a pause with the group alive and the GIL free, for a gloo thread still holding the last collective
+    # (it would release it during finalisation, which aborts the process); then the teardown.
+    pauses: list[tuple[float, bool]] = []
+    monkeypatch.setattr(communicator_module.time, "sleep", lambda seconds: pauses.append((seconds, dist.is_initialized())))
     try:
         communicator = Communicator(timeout_s=30)
         assert communicator.world_size == 1
         assert registered == [destroy_at_exit]
         destroy_at_exit()
         assert not dist.is_initialized()
+        assert pauses == [(communicator_module.EXIT_GRACE_S, True)]
         destroy_at_exit()  # a group already destroyed (by the user, say): nothing to do
+        assert len(pauses) == 1
         Communicator(timeout_s=30)
         monkeypatch.setattr(sys, "last_value", RuntimeError("a rank raised"), raising=False)
         destroy_at_exit()  # after an uncaught exception the group is left alone (others may be in a collective)
