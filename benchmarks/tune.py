@@ -38,6 +38,13 @@ steps, and our TRPO's climb back only from about 400,000. So: 600,000 steps, 12 
 50,000), scored by the late mean (7 evaluations, 300,000 to the end), seed 100, 12 trials:
 
     python benchmarks/tune.py --env Ant-v5 --label late600k --steps 600000 --evaluations 12 --score late --trials 12 --commit
+
+Swimmer-v5's study, its protocol fixed before its first trial, once the campaign's third TRPOPenalty seed left it
+clearly behind: HalfCheetah-v5's protocol (300,000 steps, 6 evaluation points, scored at the end, seed 100), with
+10 trials (the time its session had left). A Swimmer-v5 run's final return falls in one of two groups (near 130,
+or near the published 366) by 300,000 steps, on TRPO's runs as on sb3-contrib's:
+
+    python benchmarks/tune.py --env Swimmer-v5 --trials 10 --steps 300000 --commit
 """
 
 from __future__ import annotations
