@@ -21,13 +21,16 @@ BENCHMARKS_DIR = Path(__file__).resolve().parent
 DEFAULT_RESULTS_DIR = BENCHMARKS_DIR / "results"
 
 
-def run_worker(script: Path, args: Sequence[str]) -> dict[str, Any]:
+def run_worker(script: Path, args: Sequence[str], pythonpath: Path | None = None) -> dict[str, Any]:
     """Run ``script args --worker-output FILE`` in a fresh Python process, wait for it, return the JSON it wrote.
 
     One process per measurement: no state (imports, caches, allocator pools, RNG) leaks between runs,
     and the process's peak memory is its own. BLAS/OpenMP are limited to one thread, as torch is in the worker.
+    ``pythonpath`` goes first on the worker's ``PYTHONPATH`` (another ``sb3_trpo`` source, say).
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(tmp) / "result.json"
         command = [sys.executable, str(script), *args, "--worker-output", str(output)]
@@ -101,7 +104,8 @@ def git_commit() -> str | None:
 
 
 def source_fingerprint() -> str:
-    """A hash of sb3_trpo's source files, stored with every run: runs of one table must share it.
+    """A hash of sb3_trpo's source files, stored with every run: runs of one table share it, or ``sources.py``
+    shows that their sources train alike.
 
     The commit alone does not tell uncommitted edits apart; this does, also for a tree that changes
     while a long benchmark runs.

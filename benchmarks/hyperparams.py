@@ -130,9 +130,6 @@ class RunSettings:
 
 def run_settings(algo: str, env_id: str) -> RunSettings:
     """``algo``'s settings on ``env_id``, read from its zoo file as rl_zoo3 reads them."""
-    import torch as th
-    from torch import nn
-
     spec = ALGORITHMS[algo]
     key, kwargs = zoo_entry(algo, env_id)
     refused = [name for name in _UNSUPPORTED_KEYS if name in kwargs]
@@ -142,8 +139,20 @@ def run_settings(algo: str, env_id: str) -> RunSettings:
         accepted = inspect.signature(spec.load_class()).parameters
         kwargs = {name: value for name, value in kwargs.items() if name in accepted or name in RUN_KEYS}
     kwargs.update(spec.variant)
-    described = {"class": spec.class_path, "zoo_file": f"{spec.zoo_file} [{key}]", **kwargs}
+    return settings_of({"class": spec.class_path, "zoo_file": f"{spec.zoo_file} [{key}]", **kwargs})
 
+
+def settings_of(described: dict[str, Any]) -> RunSettings:
+    """The settings a run stored (``RunSettings.described``: its class, zoo entry and the entry's keys) made usable.
+
+    ``run_settings`` reads them from the zoo file; a result's ``settings`` rebuild the run as it was, whatever the
+    zoo file says now (``sources.py`` trains them under the source they ran with).
+    """
+    import torch as th
+    from torch import nn
+
+    described = dict(described)
+    kwargs = {name: value for name, value in described.items() if name not in ("class", "zoo_file")}
     n_envs = int(kwargs.pop("n_envs", 1))
     n_timesteps = int(kwargs.pop("n_timesteps"))
     policy = str(kwargs.pop("policy"))

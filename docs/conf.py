@@ -90,6 +90,7 @@ BENCHMARK_REPORTS = {
     "penalty.md": ("Penalty vs constraint", "penalty_*.png", "python benchmarks/learning.py --campaign penalty"),
     "recurrent.md": ("Recurrent TRPO", "recurrent_*.png", "python benchmarks/learning.py --campaign recurrent"),
     "equivalence.md": ("Same rollouts, same updates", None, "python benchmarks/equivalence.py"),
+    "sources_mujoco.md": ("Sources of the MuJoCo runs", None, "python benchmarks/sources.py --campaign mujoco"),
     "reliability.md": ("Reliability: faults and bad input", None, "python benchmarks/reliability.py"),
 }
 

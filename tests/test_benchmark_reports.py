@@ -430,3 +430,85 @@ def test_a_labelled_study_has_its_own_files_and_a_study_from_before_score_resume
     }  # resumed as it was, nothing added to it
     with pytest.raises(ValueError, match="holds a study run with"):
         tune.open_study(tune.parse_args([*base, "--score", "late"]), journal)
+
+
+def source_run(env: str, algo: str, seed: int, source: str, commit: str | None = "abc1234") -> dict:
+    return {"env": env, "algo": algo, "seed": seed, "source": source, "commit": commit, "settings": {"seed_of": seed}}
+
+
+def test_the_sources_probed_are_those_of_our_runs_but_the_current_one() -> None:
+    from sources import probes, shared_settings
+
+    runs = [
+        source_run("A-v5", "sb3_trpo", 2, "old"),
+        source_run("A-v5", "sb3_trpo", 1, "old"),
+        source_run("A-v5", "sb3_trpo", 0, "now"),
+        source_run("A-v5", "sb3_contrib", 0, "older"),  # sb3-contrib's runs do not run sb3_trpo's code
+        source_run("B-v5", "sb3_trpo_penalty", 3, "older", None),
+    ]
+    todo, sources = probes(runs, current="now")
+    assert [(p.env, p.algo, p.source, p.seed, p.runs, p.commit) for p in todo] == [
+        ("A-v5", "sb3_trpo", "old", 1, 2, "abc1234"),  # the source's run with the lowest seed
+        ("B-v5", "sb3_trpo_penalty", "older", 3, 1, None),
+    ]
+    assert todo[0].settings == {"seed_of": 1}
+    assert sources == {("A-v5", "sb3_trpo"): {"now": 1, "old": 2}, ("B-v5", "sb3_trpo_penalty"): {"older": 1}}
+    assert shared_settings(runs) == {("A-v5", "sb3_trpo"): False, ("B-v5", "sb3_trpo_penalty"): True}
+
+
+def test_a_source_trains_alike_only_bit_for_bit() -> None:
+    from sources import largest_difference, verdict
+
+    reference = {"source": "now", "num_timesteps": 64, "state": {"w": [1.0, 2.0], "b": [0.5]}}
+    same = {**reference, "source": "old"}
+    assert largest_difference(same["state"], reference["state"]) == 0.0
+    assert verdict("old", same, reference) == ("equal, bit for bit", "0")
+    off = {**same, "state": {"w": [1.0, 2.25], "b": [0.5]}}
+    assert largest_difference(off["state"], reference["state"]) == 0.25
+    assert verdict("old", off, reference) == ("different", "0.25")
+    assert verdict("old", {**same, "num_timesteps": 128}, reference) == ("different", "0")
+    assert largest_difference({"w": [1.0, 2.0]}, reference["state"]) == float("inf")  # other names: not comparable
+    assert verdict("old", {**same, "source": "other"}, reference)[0].startswith("not rebuilt")
+    assert verdict("old", None, reference)[0].startswith("not rebuilt")
+
+
+def test_stored_settings_rebuild_the_run_settings_of_the_zoo_entry() -> None:
+    from hyperparams import run_settings, settings_of
+
+    for algo, env_id in [("sb3_trpo", "HalfCheetah-v5"), ("sb3_trpo_penalty", "Swimmer-v5"), ("sb3_contrib", "Ant-v5")]:
+        read = run_settings(algo, env_id)
+        assert settings_of(read.described) == read
+    assert run_settings("sb3_trpo", "HalfCheetah-v5").normalize == {"gamma": 0.99}  # the algorithm's gamma
+
+
+@pytest.mark.timeout(180)
+def test_a_probe_runs_under_the_source_it_is_given_and_tells_a_changed_update_apart(tmp_path: Path) -> None:
+    from common import source_fingerprint
+    from sources import Probe, extract_source, train_probe, verdict
+
+    settings = {
+        "class": "sb3_trpo:TRPO",
+        "zoo_file": "a test",
+        "n_envs": 1,
+        "n_timesteps": 128,
+        "policy": "MlpPolicy",
+        "n_steps": 64,
+        "batch_size": 32,
+        "n_critic_updates": 2,
+    }
+    probe = Probe("CartPole-v1", "sb3_trpo", "head", "HEAD", 3, settings, 1)
+    reference = train_probe(probe, 2, None)
+    assert reference["source"] == source_fingerprint()
+    assert reference["num_timesteps"] == 128
+    head = extract_source("HEAD", tmp_path / "head")
+    committed = train_probe(probe, 2, head)
+    assert Path(committed["root"]) == (head / "sb3_trpo").resolve()  # the extracted source, not the installed one
+    assert verdict(committed["source"], committed, reference) == ("equal, bit for bit", "0")
+    changed = extract_source("HEAD", tmp_path / "changed")
+    with open(changed / "sb3_trpo" / "__init__.py", "a", encoding="utf-8") as init:  # twice the CG damping
+        init.write(
+            "\n_init = TRPO.__init__\n\n\ndef _damped(self, *args, **kwargs):\n"
+            "    _init(self, *args, **kwargs)\n    self.cg_damping *= 2\n\n\nTRPO.__init__ = _damped\n"
+        )
+    differs = train_probe(probe, 2, changed)
+    assert verdict(differs["source"], differs, reference)[0] == "different"
