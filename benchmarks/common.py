@@ -105,7 +105,7 @@ def git_commit() -> str | None:
 
 def source_fingerprint() -> str:
     """A hash of sb3_trpo's source files, stored with every run: runs of one table share it, or ``sources.py``
-    shows that their sources train alike.
+    shows that their sources compute the same updates on a probe of their settings.
 
     The commit alone does not tell uncommitted edits apart; this does, also for a tree that changes
     while a long benchmark runs.

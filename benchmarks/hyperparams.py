@@ -159,17 +159,19 @@ def settings_of(described: dict[str, Any]) -> RunSettings:
     normalize = kwargs.pop("normalize", False)
     if isinstance(normalize, str):
         normalize = eval(normalize)
-    if normalize:
+    if normalize:  # True, or VecNormalize's arguments; {} (normalise, with its defaults) is not None
         normalize = dict(normalize) if isinstance(normalize, dict) else {}
         if "gamma" in kwargs:  # rl_zoo3 discounts the reward statistics with the algorithm's gamma
             normalize["gamma"] = kwargs["gamma"]
+    else:
+        normalize = None
     for name in ("learning_rate", "clip_range", "clip_range_vf"):
         if isinstance(kwargs.get(name), str):  # "lin_0.001"
             kwargs[name] = linear_schedule(float(kwargs[name].split("_")[1]))
     if isinstance(kwargs.get("policy_kwargs"), str):
         kwargs["policy_kwargs"] = eval(kwargs["policy_kwargs"], {"nn": nn, "th": th})
     described["n_timesteps"] = n_timesteps  # an int, where YAML's !!float 1e6 reads as a float
-    return RunSettings(n_envs, n_timesteps, normalize or None, policy, kwargs, described)
+    return RunSettings(n_envs, n_timesteps, normalize, policy, kwargs, described)
 
 
 def describe_settings(algo: str, env_id: str) -> dict[str, Any]:

@@ -114,10 +114,11 @@ CAMPAIGNS: dict[str, Campaign] = {
         final_eval_steps=150_000,
         readme_extras=True,
         notes=[
-            "Where ours and sb3-contrib's TRPO differ: on the same rollouts from the same state, our update equals "
-            "sb3-contrib's on HalfCheetah-v5, Hopper-v5 and Swimmer-v5 up to the random start of sb3-contrib's conjugate "
-            "gradient, in direction and in length (`benchmarks/equivalence.py`; `results/equivalence.md` gives the "
-            "differences and the ratio of the step lengths); a gap between the two is then the seeds', "
+            "Where ours and sb3-contrib's TRPO differ: on the same rollouts from the same state, our update agrees "
+            "closely with sb3-contrib's on HalfCheetah-v5, Hopper-v5 and Swimmer-v5, in direction and in length, "
+            "apart from the random start of sb3-contrib's conjugate gradient (`benchmarks/equivalence.py`; "
+            "`results/equivalence.md` gives the differences and the ratio of the step lengths); a gap between the "
+            "two is then the seeds', "
             "which the interval column weighs. Where every algorithm ends far from the published figure, the task "
             "version is the first suspect: rl-zoo measured -v3 tasks; the `ant_v4` campaign runs Ant-v4, which "
             "observes what Ant-v3 did under MuJoCo >= 2.0, and Ant-v5 with its contact forces left out of the "

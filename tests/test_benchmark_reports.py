@@ -433,10 +433,12 @@ def test_a_labelled_study_has_its_own_files_and_a_study_from_before_score_resume
 
 
 def source_run(env: str, algo: str, seed: int, source: str, commit: str | None = "abc1234") -> dict:
-    return {"env": env, "algo": algo, "seed": seed, "source": source, "commit": commit, "settings": {"seed_of": seed}}
+    classes = {"sb3_trpo": "sb3_trpo:TRPO", "sb3_contrib": "sb3_contrib:TRPO", "sb3_trpo_lag1_current": "lagged:FixedLagTRPO"}
+    settings = {"class": classes.get(algo, "sb3_trpo:TRPOPenalty"), "seed_of": seed}
+    return {"env": env, "algo": algo, "seed": seed, "source": source, "commit": commit, "settings": settings}
 
 
-def test_the_sources_probed_are_those_of_our_runs_but_the_current_one() -> None:
+def test_the_sources_probed_are_those_of_our_classes_but_the_current_one() -> None:
     from sources import probes, shared_settings
 
     runs = [
@@ -444,41 +446,89 @@ def test_the_sources_probed_are_those_of_our_runs_but_the_current_one() -> None:
         source_run("A-v5", "sb3_trpo", 1, "old"),
         source_run("A-v5", "sb3_trpo", 0, "now"),
         source_run("A-v5", "sb3_contrib", 0, "older"),  # sb3-contrib's runs do not run sb3_trpo's code
+        source_run("A-v5", "sb3_trpo_lag1_current", 0, "older"),  # nor does the lag campaign's benchmark class
         source_run("B-v5", "sb3_trpo_penalty", 3, "older", None),
+        source_run("B-v5", "sb3_trpo_penalty", 4, "older", "def5678-dirty"),
+        source_run("C-v5", "sb3_trpo_penalty", 0, "oldest", None),
     ]
     todo, sources = probes(runs, current="now")
     assert [(p.env, p.algo, p.source, p.seed, p.runs, p.commit) for p in todo] == [
-        ("A-v5", "sb3_trpo", "old", 1, 2, "abc1234"),  # the source's run with the lowest seed
-        ("B-v5", "sb3_trpo_penalty", "older", 3, 1, None),
+        ("A-v5", "sb3_trpo", "old", 1, 2, "abc1234"),  # the source's first run by seed
+        ("B-v5", "sb3_trpo_penalty", "older", 4, 2, "def5678-dirty"),  # its first run with a commit
+        ("C-v5", "sb3_trpo_penalty", "oldest", 0, 1, None),  # none: its first run, which cannot be rebuilt
     ]
-    assert todo[0].settings == {"seed_of": 1}
-    assert sources == {("A-v5", "sb3_trpo"): {"now": 1, "old": 2}, ("B-v5", "sb3_trpo_penalty"): {"older": 1}}
-    assert shared_settings(runs) == {("A-v5", "sb3_trpo"): False, ("B-v5", "sb3_trpo_penalty"): True}
+    assert todo[0].settings == {"class": "sb3_trpo:TRPO", "seed_of": 1}
+    assert sources == {
+        ("A-v5", "sb3_trpo"): {"now": 1, "old": 2},
+        ("B-v5", "sb3_trpo_penalty"): {"older": 2},
+        ("C-v5", "sb3_trpo_penalty"): {"oldest": 1},
+    }
+    assert shared_settings(runs) == {
+        ("A-v5", "sb3_trpo"): False,
+        ("B-v5", "sb3_trpo_penalty"): False,
+        ("C-v5", "sb3_trpo_penalty"): True,
+    }
 
 
-def test_a_source_trains_alike_only_bit_for_bit() -> None:
-    from sources import largest_difference, verdict
+def test_a_source_agrees_only_bit_for_bit() -> None:
+    from sources import base_commit, bitwise_equal, largest_difference, verdict
 
-    reference = {"source": "now", "num_timesteps": 64, "state": {"w": [1.0, 2.0], "b": [0.5]}}
-    same = {**reference, "source": "old"}
+    nan = float("nan")
+    reference = {"source": "now", "num_timesteps": 64, "state": {"w": [1.0, 2.0], "b": [0.5, nan]}}
+    same = {**reference, "source": "old", "state": {"w": [1.0, 2.0], "b": [0.5, nan]}}
+    assert bitwise_equal(same["state"], reference["state"])  # the same NaN is the same bits
     assert largest_difference(same["state"], reference["state"]) == 0.0
     assert verdict("old", same, reference) == ("equal, bit for bit", "0")
-    off = {**same, "state": {"w": [1.0, 2.25], "b": [0.5]}}
+    off = {**same, "state": {"w": [1.0, 2.25], "b": [0.5, nan]}}
     assert largest_difference(off["state"], reference["state"]) == 0.25
     assert verdict("old", off, reference) == ("different", "0.25")
+    signed = {**same, "state": {"w": [1.0, 2.0], "b": [0.5, nan]}}
+    signed_reference = {**reference, "state": {"w": [-0.0, 2.0], "b": [0.5, nan]}}
+    signed["state"]["w"][0] = 0.0
+    assert verdict("old", signed, signed_reference) == ("different", "0")  # equal values, other bits
+    late_nan = {**same, "state": {"w": [1.0, 2.0], "b": [0.5, 1.0]}}  # a NaN in the last entry only on one side
+    assert largest_difference(late_nan["state"], reference["state"]) == float("inf")
+    assert verdict("old", late_nan, reference) == ("different", "inf")
     assert verdict("old", {**same, "num_timesteps": 128}, reference) == ("different", "0")
     assert largest_difference({"w": [1.0, 2.0]}, reference["state"]) == float("inf")  # other names: not comparable
     assert verdict("old", {**same, "source": "other"}, reference)[0].startswith("not rebuilt")
     assert verdict("old", None, reference)[0].startswith("not rebuilt")
+    assert base_commit("abc1234-dirty") == base_commit("abc1234") == "abc1234"
 
 
-def test_stored_settings_rebuild_the_run_settings_of_the_zoo_entry() -> None:
+def test_stored_settings_rebuild_the_runs_as_the_zoo_entry_reads_them() -> None:
+    import json
+
     from hyperparams import run_settings, settings_of
 
+    runs = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "runs" / "mujoco"
     for algo, env_id in [("sb3_trpo", "HalfCheetah-v5"), ("sb3_trpo_penalty", "Swimmer-v5"), ("sb3_contrib", "Ant-v5")]:
-        read = run_settings(algo, env_id)
-        assert settings_of(read.described) == read
-    assert run_settings("sb3_trpo", "HalfCheetah-v5").normalize == {"gamma": 0.99}  # the algorithm's gamma
+        stored = json.loads((runs / env_id / f"{algo}_seed0.json").read_text(encoding="utf-8"))["settings"]
+        rebuilt = settings_of(json.loads(json.dumps(stored)))  # what a run file holds, through JSON
+        assert rebuilt == run_settings(algo, env_id)  # the zoo entries the runs ran with are the shipped ones
+    entry = settings_of(
+        {
+            "class": "sb3_trpo:TRPO",
+            "zoo_file": "x",
+            "n_timesteps": 1e6,
+            "policy": "MlpPolicy",
+            "normalize": True,
+            "gamma": 0.98,
+            "n_envs": 2,
+            "learning_rate": "lin_0.5",
+        }
+    )
+    assert (entry.n_envs, entry.n_timesteps, entry.policy) == (2, 1_000_000, "MlpPolicy")
+    assert entry.normalize == {"gamma": 0.98}  # VecNormalize discounts with the algorithm's gamma
+    assert type(entry.described["n_timesteps"]) is int  # YAML's !!float 1e6 stored as an integer
+    assert entry.described["n_timesteps"] == 1_000_000
+    assert entry.algo_kwargs["learning_rate"](0.5) == 0.25  # rl-zoo's lin_ schedule
+    assert set(entry.algo_kwargs) == {"gamma", "learning_rate"}
+    without_gamma = {"class": "sb3_trpo:TRPO", "zoo_file": "x", "n_timesteps": 1, "policy": "MlpPolicy"}
+    assert settings_of({**without_gamma, "normalize": True}).normalize == {}  # normalised, VecNormalize's defaults
+    assert settings_of({**without_gamma, "normalize": "{'norm_reward': False}"}).normalize == {"norm_reward": False}
+    assert settings_of({**without_gamma, "normalize": False}).normalize is None
+    assert settings_of(without_gamma).normalize is None
 
 
 @pytest.mark.timeout(180)
@@ -492,18 +542,22 @@ def test_a_probe_runs_under_the_source_it_is_given_and_tells_a_changed_update_ap
         "n_envs": 1,
         "n_timesteps": 128,
         "policy": "MlpPolicy",
+        "normalize": True,  # VecNormalize's statistics are compared too
         "n_steps": 64,
         "batch_size": 32,
         "n_critic_updates": 2,
     }
     probe = Probe("CartPole-v1", "sb3_trpo", "head", "HEAD", 3, settings, 1)
-    reference = train_probe(probe, 2, None)
-    assert reference["source"] == source_fingerprint()
-    assert reference["num_timesteps"] == 128
-    head = extract_source("HEAD", tmp_path / "head")
-    committed = train_probe(probe, 2, head)
-    assert Path(committed["root"]) == (head / "sb3_trpo").resolve()  # the extracted source, not the installed one
-    assert verdict(committed["source"], committed, reference) == ("equal, bit for bit", "0")
+    installed = train_probe(probe, 2, None)
+    assert installed["source"] == source_fingerprint()
+    assert installed["num_timesteps"] == 128
+    assert {"obs_rms.mean", "obs_rms.var", "ret_rms.var"} <= set(installed["state"])
+    first, second = extract_source("HEAD", tmp_path / "first"), extract_source("HEAD", tmp_path / "second")
+    reference, again = train_probe(probe, 2, first), train_probe(probe, 2, second)
+    assert Path(reference["root"]) == (first / "sb3_trpo").resolve()  # the extracted source, not the installed one
+    assert Path(again["root"]) == (second / "sb3_trpo").resolve()
+    assert again["source"] == reference["source"]  # one commit, one fingerprint
+    assert verdict(reference["source"], again, reference) == ("equal, bit for bit", "0")
     changed = extract_source("HEAD", tmp_path / "changed")
     with open(changed / "sb3_trpo" / "__init__.py", "a", encoding="utf-8") as init:  # twice the CG damping
         init.write(
@@ -511,4 +565,5 @@ def test_a_probe_runs_under_the_source_it_is_given_and_tells_a_changed_update_ap
             "    _init(self, *args, **kwargs)\n    self.cg_damping *= 2\n\n\nTRPO.__init__ = _damped\n"
         )
     differs = train_probe(probe, 2, changed)
+    assert differs["source"] != reference["source"]
     assert verdict(differs["source"], differs, reference)[0] == "different"
