@@ -91,6 +91,7 @@ BENCHMARK_REPORTS = {
     "recurrent.md": ("Recurrent TRPO", "recurrent_*.png", "python benchmarks/learning.py --campaign recurrent"),
     "equivalence.md": ("Same rollouts, same updates", None, "python benchmarks/equivalence.py"),
     "sources_mujoco.md": ("Sources of the MuJoCo runs", None, "python benchmarks/sources.py --campaign mujoco"),
+    "sources_ant_v4.md": ("Sources of the Ant -v4 runs", None, "python benchmarks/sources.py --campaign ant_v4"),
     "reliability.md": ("Reliability: faults and bad input", None, "python benchmarks/reliability.py"),
 }
 
