@@ -906,7 +906,7 @@ def provenance(groups: Groups, name: str) -> list[str]:
         {", ".join(f"{name} {value}" for name, value in (run.get("versions") or {}).items()) for run in runs}
     )
     version_sets = [versions or "not recorded" for versions in version_sets]
-    sources = []
+    sources, any_mixed = [], False
     for env_id, rows in groups.items():
         # Only our algorithms run sb3_trpo's code; the others' runs carry whatever tree was checked out.
         ours = [run for (algo, _), row in rows.items() if algo.startswith("sb3_trpo") for run in row]
@@ -916,10 +916,11 @@ def provenance(groups: Groups, name: str) -> list[str]:
         }
         mixed = f" (MIXED: {', '.join(f'{fp} in {n} run(s)' for fp, n in sorted(counts.items()))})" if len(counts) > 1 else ""
         sources.append(f"{env_id} {', '.join(sorted(counts))}{mixed}")
+        any_mixed = any_mixed or len(counts) > 1
     checked = (
         f" Where a task's runs are MIXED, `python benchmarks/sources.py --campaign {name}` trains each of their sources "
         f"on a short probe beside the current one and compares the results bit for bit (`results/sources_{name}.md`)."
-        if any("MIXED" in line for line in sources)
+        if any_mixed
         else ""
     )
     return [

@@ -257,9 +257,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.worker_output.write_text(json.dumps(result), encoding="utf-8")
         return
 
-    runs = [
-        json.loads(path.read_text(encoding="utf-8")) for path in sorted((args.out / "runs" / args.campaign).glob("*/*.json"))
-    ]
+    from learning import load_runs
+
+    runs = load_runs(args.out, args.campaign)
     if not runs:
         raise SystemExit(f"no runs under {args.out / 'runs' / args.campaign}")
     current = source_fingerprint()
